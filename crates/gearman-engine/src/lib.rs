@@ -1,1 +1,28 @@
-//! placeholder
+//! The Gearman job engine: every job, function and connection session, and the rules
+//! that move jobs between them.
+//!
+//! The engine is synchronous and does no I/O. The server feeds it decoded packets and
+//! admin lines with the current time, and the engine writes what must be sent (or
+//! closed) into an [`Outbox`]. That keeps the whole protocol testable without sockets
+//! and lets the server decide how bytes reach peers.
+
+mod admin;
+mod config;
+mod engine;
+mod function;
+mod job;
+mod outbox;
+mod session;
+mod submit;
+mod work;
+
+pub use config::EngineConfig;
+pub use engine::{Engine, PeerInfo};
+pub use job::Priority;
+pub use outbox::{Outbox, RecordingOutbox, Sent};
+
+/// Identifies one connection for the engine's lifetime (slab key; reused after close).
+pub type ConnId = usize;
+
+/// Milliseconds since the Unix epoch: the engine's only notion of time.
+pub type NowMs = i64;

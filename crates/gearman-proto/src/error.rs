@@ -60,3 +60,19 @@ impl ProtoError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_size_and_argument_errors_get_an_error_packet() {
+        let too_large = ProtoError::PacketTooLarge { size: 10, limit: 5 };
+        assert_eq!(too_large.reply().map(|(code, _)| code), Some("ARGUMENT_TOO_LARGE"));
+        let missing = ProtoError::MissingArgument { command: Command::SubmitJob, expected: 2, found: 0 };
+        assert_eq!(missing.reply().map(|(code, _)| code), Some("INVALID_PACKET"));
+        assert_eq!(ProtoError::BadMagic(*b"\0ABC").reply(), None);
+        assert_eq!(ProtoError::UnknownCommand(43).reply(), None);
+        assert_eq!(ProtoError::AdminLineTooLong { limit: 8192 }.reply(), None);
+    }
+}

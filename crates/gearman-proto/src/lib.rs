@@ -3,12 +3,7 @@
 //! Bytes go in through [`decode`], which yields [`Frame`]s (a binary [`Packet`] or one
 //! admin text line); [`encode`] turns a [`Packet`] back into bytes. "Not enough bytes yet"
 //! is an ordinary `Ok(None)`, so callers can feed any chunking of a stream.
-#![deny(
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::panic,
-    clippy::arithmetic_side_effects
-)]
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::panic, clippy::arithmetic_side_effects)]
 
 mod command;
 mod decode;

@@ -165,3 +165,65 @@ impl std::fmt::Debug for Packet {
         list.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_checks_the_argument_count() {
+        assert_eq!(
+            Packet::new(Magic::Req, Command::SubmitJob, &[b"f", b"u"]),
+            Err(ProtoError::WrongArgCount { command: Command::SubmitJob, expected: 3, got: 2 })
+        );
+        assert_eq!(
+            Packet::new(Magic::Req, Command::GrabJob, &[b"x"]),
+            Err(ProtoError::WrongArgCount { command: Command::GrabJob, expected: 0, got: 1 })
+        );
+    }
+
+    #[test]
+    fn new_joins_args_with_single_nuls() {
+        let p = Packet::new(Magic::Req, Command::SubmitJob, &[b"fn", b"", b"da\0ta"]).expect("valid layout");
+        assert_eq!(p.body().as_ref(), b"fn\0\0da\0ta");
+        assert_eq!(p.argc(), 3);
+        assert_eq!(p.arg(0), b"fn");
+        assert_eq!(p.arg(1), b"");
+        assert_eq!(p.arg(2), b"da\0ta");
+        assert_eq!(p.arg_bytes(2).as_ref(), b"da\0ta");
+    }
+
+    #[test]
+    fn out_of_range_args_are_empty() {
+        let p = Packet::new(Magic::Res, Command::JobCreated, &[b"H:x:1"]).expect("valid layout");
+        assert_eq!(p.arg(0), b"H:x:1");
+        assert_eq!(p.arg(1), b"");
+        assert!(p.arg_bytes(7).is_empty());
+        assert!(p.arg_bytes(usize::MAX).is_empty());
+    }
+
+    #[test]
+    fn last_non_data_arg_keeps_extra_nuls() {
+        // WORK_FAIL's handle is the whole body, so a trailing NUL stays in it (quirk Q2).
+        let p = Packet::from_body(Magic::Req, Command::WorkFail, Bytes::from_static(b"H:x:1\0"))
+            .expect("one-argument body");
+        assert_eq!(p.arg(0), b"H:x:1\0");
+    }
+
+    #[test]
+    fn unsplit_keeps_the_body_but_has_no_args() {
+        let p = Packet::unsplit(Magic::Req, Command::JobAssign, Bytes::from_static(b"ab"));
+        assert_eq!(p.argc(), 0);
+        assert_eq!(p.body().as_ref(), b"ab");
+        assert_eq!(p.arg(0), b"");
+    }
+
+    #[test]
+    fn debug_names_the_command_and_marks_responses() {
+        let p = Packet::new(Magic::Res, Command::EchoRes, &[b"hi"]).expect("valid layout");
+        let text = format!("{p:?}");
+        assert!(text.starts_with("ECHO_RES("), "{text}");
+        assert!(text.contains("RES"), "{text}");
+        assert!(text.contains("hi"), "{text}");
+    }
+}

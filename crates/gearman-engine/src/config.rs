@@ -1,0 +1,37 @@
+//! What the engine needs to know from the command line.
+
+/// Settings that change job semantics (a subset of gearmand's options).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Job handle prefix: handles are `<prefix>:<n>` (`--job-handle-prefix`).
+    pub handle_prefix: String,
+    /// Maximum assignments before a job fails; 0 = unlimited (`-j`).
+    pub job_retries: u32,
+    /// NOOPs sent per queued job; 0 = every sleeping worker (`-w`).
+    pub worker_wakeup: u32,
+    /// Rotate a worker's functions after each grab (`-R`).
+    pub round_robin: bool,
+    /// New connections start with the `exceptions` option on (`--exceptions`).
+    pub exceptions: bool,
+    /// Text after `OK ` in the `version` admin reply.
+    pub version: String,
+    /// Process id for the `getpid` admin reply.
+    pub pid: u32,
+    /// Level name for the `verbose` admin reply (`--verbose`).
+    pub verbose: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            handle_prefix: "H:localhost".into(),
+            job_retries: 0,
+            worker_wakeup: 0,
+            round_robin: false,
+            exceptions: false,
+            version: "1.1.20+ds".into(),
+            pid: std::process::id(),
+            verbose: "ERROR".into(),
+        }
+    }
+}

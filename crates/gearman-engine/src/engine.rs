@@ -1,0 +1,397 @@
+//! The engine: owns all state and dispatches each request to the module that
+//! handles its command family.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use bytes::Bytes;
+use gearman_proto::{Command, Magic, Packet};
+use slab::Slab;
+
+use crate::function::{Function, FunctionId};
+use crate::job::{CoalesceKey, Job, JobId, JobState};
+use crate::session::Session;
+use crate::{ConnId, EngineConfig, NowMs, Outbox};
+
+/// What the server knows about a new connection, for the `workers` admin list.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// First column of `workers` lines (gearmand prints the socket fd).
+    pub label: i64,
+    /// Numeric peer address.
+    pub ip: String,
+}
+
+/// A timer entry: `(due ms, job, job seq, assignment number)`.
+type Deadline = Reverse<(NowMs, JobId, u64, u32)>;
+
+/// All jobs, functions and sessions, and the rules between them.
+#[derive(Debug)]
+pub struct Engine {
+    pub(crate) config: EngineConfig,
+    pub(crate) jobs: Slab<Job>,
+    pub(crate) functions: Slab<Function>,
+    pub(crate) function_ids: HashMap<Bytes, FunctionId>,
+    pub(crate) sessions: Slab<Session>,
+    pub(crate) handles: HashMap<Bytes, JobId>,
+    /// Coalescing index: (function, key) -> live job.
+    pub(crate) coalesce: HashMap<(FunctionId, CoalesceKey), JobId>,
+    /// GET_STATUS_UNIQUE index: unique -> live jobs with it, oldest first.
+    pub(crate) by_unique: HashMap<Bytes, Vec<JobId>>,
+    /// Epoch jobs by due time: (due ms, job, seq, 0).
+    pub(crate) epoch_timers: BinaryHeap<Deadline>,
+    /// CAN_DO_TIMEOUT deadlines of running jobs.
+    pub(crate) work_timers: BinaryHeap<Deadline>,
+    pub(crate) next_seq: u64,
+    pub(crate) next_order: u64,
+}
+
+impl Engine {
+    /// A new, empty engine.
+    pub fn new(config: EngineConfig) -> Engine {
+        Engine {
+            config,
+            jobs: Slab::new(),
+            functions: Slab::new(),
+            function_ids: HashMap::new(),
+            sessions: Slab::new(),
+            handles: HashMap::new(),
+            coalesce: HashMap::new(),
+            by_unique: HashMap::new(),
+            epoch_timers: BinaryHeap::new(),
+            work_timers: BinaryHeap::new(),
+            next_seq: 1,
+            next_order: 0,
+        }
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Registers a new connection and returns its id.
+    pub fn connect(&mut self, peer: PeerInfo) -> ConnId {
+        let order = self.bump_order();
+        self.sessions.insert(Session::new(peer.label, peer.ip, self.config.exceptions, order))
+    }
+
+    /// Forgets a connection: its waits end, and the jobs it was running go back to
+    /// their queues (or fail once `--job-retries` is reached).
+    pub fn disconnect(&mut self, conn: ConnId, now: NowMs, out: &mut dyn Outbox) {
+        let Some(session) = self.sessions.try_remove(conn) else { return };
+        for (jid, seq) in session.listening {
+            self.detach_listener(jid, seq, conn);
+        }
+        for a in &session.abilities {
+            if let Some(f) = self.functions.get_mut(a.function) {
+                f.workers.retain(|&w| w != conn);
+            }
+        }
+        for (jid, seq) in session.running {
+            self.requeue_lost(jid, seq, now, out);
+        }
+    }
+
+    /// Number of jobs held in any state (SIGUSR1 drain waits for zero).
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Number of live connections.
+    pub fn connection_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Handles one binary packet from `conn`.
+    pub fn handle_packet(&mut self, conn: ConnId, packet: &Packet, now: NowMs, out: &mut dyn Outbox) {
+        if !self.sessions.contains(conn) {
+            return;
+        }
+        if packet.magic == Magic::Res {
+            error(out, conn, "INVALID_MAGIC", "Request magic expected");
+            return;
+        }
+        match packet.command {
+            Command::EchoReq => out.packet(conn, Command::EchoRes, &[packet.arg(0)]),
+            Command::SubmitJob
+            | Command::SubmitJobBg
+            | Command::SubmitJobHigh
+            | Command::SubmitJobHighBg
+            | Command::SubmitJobLow
+            | Command::SubmitJobLowBg
+            | Command::SubmitJobEpoch
+            | Command::SubmitReduceJob
+            | Command::SubmitReduceJobBackground => self.submit(conn, packet, now, out),
+            Command::GetStatus => self.get_status(conn, packet.arg(0), out),
+            Command::GetStatusUnique => self.get_status_unique(conn, packet.arg(0), out),
+            Command::OptionReq => self.option_req(conn, packet.arg(0), out),
+            Command::SetClientId => self.set_client_id(conn, packet.arg(0)),
+            Command::CanDo => self.can_do(conn, packet.arg_bytes(0), 0),
+            Command::CanDoTimeout => {
+                let ms = crate::job::strtol(packet.arg(1)).clamp(0, i64::from(u32::MAX)) as u32;
+                self.can_do(conn, packet.arg_bytes(0), ms)
+            }
+            Command::CantDo => self.cant_do(conn, packet.arg(0), now, out),
+            Command::ResetAbilities => self.reset_abilities(conn, now, out),
+            Command::PreSleep => self.pre_sleep(conn, now, out),
+            Command::GrabJob | Command::GrabJobUniq | Command::GrabJobAll => {
+                self.grab_job(conn, packet.command, now, out)
+            }
+            Command::WorkData
+            | Command::WorkWarning
+            | Command::WorkStatus
+            | Command::WorkComplete
+            | Command::WorkFail
+            | Command::WorkException => self.work_result(conn, packet, now, out),
+            _ => error(out, conn, "INVALID_COMMAND", "Command not expected"),
+        }
+    }
+
+    /// Runs timers due at `now`: epoch jobs become runnable (and wake sleepers), and
+    /// jobs past their CAN_DO_TIMEOUT go back to the queue.
+    pub fn tick(&mut self, now: NowMs, out: &mut dyn Outbox) {
+        self.promote_due(now, out);
+        while let Some(&Reverse((due, jid, seq, assignment))) = self.work_timers.peek() {
+            if due > now {
+                break;
+            }
+            self.work_timers.pop();
+            let Some(job) = self.live_job(jid, seq) else { continue };
+            if job.assignments != assignment {
+                continue;
+            }
+            if let JobState::Running(worker) = job.state {
+                if let Some(s) = self.sessions.get_mut(worker) {
+                    s.running.retain(|&(j, q)| !(j == jid && q == seq));
+                }
+                self.requeue_lost(jid, seq, now, out);
+            }
+        }
+    }
+
+    /// When [`Engine::tick`] next has work to do, if ever.
+    pub fn next_deadline(&self) -> Option<NowMs> {
+        let e = self.epoch_timers.peek().map(|Reverse(t)| t.0);
+        let w = self.work_timers.peek().map(|Reverse(t)| t.0);
+        match (e, w) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Moves epoch jobs whose time has come into their normal queues.
+    pub(crate) fn promote_due(&mut self, now: NowMs, out: &mut dyn Outbox) {
+        while let Some(&Reverse((due, jid, seq, _))) = self.epoch_timers.peek() {
+            if due > now {
+                break;
+            }
+            self.epoch_timers.pop();
+            let Some(job) = self.live_job(jid, seq) else { continue };
+            if job.state != JobState::Scheduled {
+                continue;
+            }
+            let fid = job.function;
+            if let Some(f) = self.functions.get_mut(fid) {
+                f.scheduled = f.scheduled.saturating_sub(1);
+            }
+            self.enqueue(jid, out);
+        }
+    }
+
+    pub(crate) fn bump_order(&mut self) -> u64 {
+        self.next_order = self.next_order.wrapping_add(1);
+        self.next_order
+    }
+
+    /// The job at `jid` if it is still the one with sequence `seq`.
+    pub(crate) fn live_job(&self, jid: JobId, seq: u64) -> Option<&Job> {
+        self.jobs.get(jid).filter(|j| j.seq == seq)
+    }
+
+    /// Looks up or creates a function record.
+    pub(crate) fn function_id(&mut self, name: Bytes) -> FunctionId {
+        if let Some(&id) = self.function_ids.get(&name) {
+            return id;
+        }
+        let order = self.bump_order();
+        let id = self.functions.insert(Function::new(name.clone(), order));
+        self.function_ids.insert(name, id);
+        id
+    }
+
+    /// Puts a job at the tail of its priority queue and wakes sleeping workers.
+    pub(crate) fn enqueue(&mut self, jid: JobId, out: &mut dyn Outbox) {
+        let Some(job) = self.jobs.get_mut(jid) else { return };
+        job.state = JobState::Queued;
+        let (fid, prio, seq) = (job.function, job.priority.index(), job.seq);
+        if let Some(q) = self.functions.get_mut(fid).and_then(|f| f.queues.get_mut(prio)) {
+            q.push_back((jid, seq));
+        }
+        self.wake_sleepers(fid, out);
+    }
+
+    /// Sends NOOP to sleeping workers of `fid` that were not woken yet, starting at
+    /// the function's rotating cursor and stopping after `--worker-wakeup` of them.
+    pub(crate) fn wake_sleepers(&mut self, fid: FunctionId, out: &mut dyn Outbox) {
+        let limit = self.config.worker_wakeup as usize;
+        let Some(f) = self.functions.get_mut(fid) else { return };
+        let n = f.workers.len();
+        if n == 0 {
+            return;
+        }
+        let start = f.wake_cursor % n;
+        let mut woken = 0usize;
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let Some(&w) = f.workers.get(idx) else { continue };
+            let Some(s) = self.sessions.get_mut(w) else { continue };
+            if s.sleeping && !s.noop_sent {
+                s.noop_sent = true;
+                out.packet(w, Command::Noop, &[]);
+                woken += 1;
+                if limit > 0 && woken >= limit {
+                    f.wake_cursor = (idx + 1) % n;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Removes a job for good: from every index, counter and session list.
+    pub(crate) fn remove_job(&mut self, jid: JobId) {
+        if !self.jobs.contains(jid) {
+            return;
+        }
+        let job = self.jobs.remove(jid);
+        self.handles.remove(&job.handle);
+        if let Some(key) = job.coalesce {
+            if self.coalesce.get(&(job.function, key.clone())) == Some(&jid) {
+                self.coalesce.remove(&(job.function, key));
+            }
+        }
+        if !job.unique.is_empty() && &job.unique[..] != b"-" {
+            if let Some(list) = self.by_unique.get_mut(&job.unique) {
+                list.retain(|&j| j != jid);
+                if list.is_empty() {
+                    self.by_unique.remove(&job.unique);
+                }
+            }
+        }
+        if let Some(f) = self.functions.get_mut(job.function) {
+            f.total = f.total.saturating_sub(1);
+            match job.state {
+                JobState::Running(w) => {
+                    f.running = f.running.saturating_sub(1);
+                    if let Some(s) = self.sessions.get_mut(w) {
+                        s.running.retain(|&(j, q)| !(j == jid && q == job.seq));
+                    }
+                }
+                JobState::Scheduled => f.scheduled = f.scheduled.saturating_sub(1),
+                JobState::Queued => {}
+            }
+        }
+        for c in job.listeners {
+            if let Some(s) = self.sessions.get_mut(c) {
+                s.listening.retain(|&(j, q)| !(j == jid && q == job.seq));
+            }
+        }
+    }
+
+    /// A worker lost a running job (it left, dropped the function, or timed out):
+    /// requeue it at the tail, or fail it once `--job-retries` assignments are used.
+    /// The caller has already taken the job off the worker's session.
+    pub(crate) fn requeue_lost(&mut self, jid: JobId, seq: u64, _now: NowMs, out: &mut dyn Outbox) {
+        let retries_limit = self.config.job_retries;
+        let Some(job) = self.jobs.get_mut(jid).filter(|j| j.seq == seq) else { return };
+        if !matches!(job.state, JobState::Running(_)) {
+            return;
+        }
+        job.retries = job.retries.saturating_add(1);
+        let fid = job.function;
+        if job.abandoned {
+            self.remove_job(jid);
+            return;
+        }
+        if retries_limit > 0 && job.retries >= retries_limit {
+            let handle = job.handle.clone();
+            for &c in &job.listeners {
+                out.packet(c, Command::WorkFail, &[&handle]);
+            }
+            self.remove_job(jid);
+            return;
+        }
+        job.numerator = 0;
+        job.denominator = 0;
+        // Mark it queued before the counters so remove paths never see it twice.
+        job.state = JobState::Queued;
+        if let Some(f) = self.functions.get_mut(fid) {
+            f.running = f.running.saturating_sub(1);
+        }
+        self.enqueue(jid, out);
+    }
+
+    /// Detaches a listening client from a job; a foreground job nobody waits for any
+    /// more is flagged abandoned. Background jobs stay wanted (gearmand drops them:
+    /// PROTOCOL.md §4.10 [bug]).
+    fn detach_listener(&mut self, jid: JobId, seq: u64, conn: ConnId) {
+        let Some(job) = self.jobs.get_mut(jid).filter(|j| j.seq == seq) else { return };
+        job.listeners.retain(|&c| c != conn);
+        if job.listeners.is_empty() && !job.background {
+            job.abandoned = true;
+        }
+    }
+
+    /// Checks that every index and counter agrees with the jobs themselves; for tests
+    /// and fuzzing. Returns a description of the first inconsistency.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (fid, f) in &self.functions {
+            let total = self.jobs.iter().filter(|(_, j)| j.function == fid).count();
+            if total != f.total {
+                return Err(format!("function {fid}: total {} but {total} jobs", f.total));
+            }
+            let running = self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.function == fid && matches!(j.state, JobState::Running(_)))
+                .count();
+            if running != f.running {
+                return Err(format!("function {fid}: running {} but {running}", f.running));
+            }
+            for q in &f.queues {
+                for &(jid, seq) in q {
+                    match self.live_job(jid, seq) {
+                        Some(j) if j.state == JobState::Queued && j.function == fid => {}
+                        _ => return Err(format!("function {fid}: stale queue entry {jid}")),
+                    }
+                }
+            }
+        }
+        for (jid, j) in &self.jobs {
+            if self.handles.get(&j.handle) != Some(&jid) {
+                return Err(format!("job {jid} missing from the handle index"));
+            }
+            let in_queues: usize = self
+                .functions
+                .get(j.function)
+                .map(|f| f.queues.iter().flatten().filter(|&&(q, s)| q == jid && s == j.seq).count())
+                .unwrap_or(0);
+            let want = usize::from(j.state == JobState::Queued);
+            if in_queues != want {
+                return Err(format!("job {jid} is in {in_queues} queues, state {:?}", j.state));
+            }
+            if let JobState::Running(w) = j.state {
+                let held = self.sessions.get(w).is_some_and(|s| s.running.contains(&(jid, j.seq)));
+                if !held {
+                    return Err(format!("job {jid} running on {w} which does not hold it"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends an ERROR packet.
+pub(crate) fn error(out: &mut dyn Outbox, conn: ConnId, code: &str, text: &str) {
+    out.packet(conn, Command::Error, &[code.as_bytes(), text.as_bytes()]);
+}

@@ -1,0 +1,210 @@
+//! Client requests: SUBMIT_JOB and its variants (with coalescing), GET_STATUS,
+//! GET_STATUS_UNIQUE, OPTION_REQ and SET_CLIENT_ID.
+
+use std::cmp::Reverse;
+
+use bytes::Bytes;
+use gearman_proto::{Command, Packet};
+
+use crate::engine::error;
+use crate::job::{CoalesceKey, Job, JobState};
+use crate::session::MAX_CLIENT_ID_BYTES;
+use crate::{ConnId, Engine, NowMs, Outbox, Priority};
+
+/// Longest unique (and reducer) accepted. gearmand accepts 64 but keeps 63 (its
+/// quirk Q3); we keep all 64.
+pub(crate) const MAX_UNIQUE_BYTES: usize = 64;
+
+/// How a submit packet type maps to a job.
+struct SubmitKind {
+    priority: Priority,
+    background: bool,
+    epoch: bool,
+    reduce: bool,
+}
+
+fn kind(command: Command) -> SubmitKind {
+    let (priority, background, epoch, reduce) = match command {
+        Command::SubmitJobBg => (Priority::Normal, true, false, false),
+        Command::SubmitJobHigh => (Priority::High, false, false, false),
+        Command::SubmitJobHighBg => (Priority::High, true, false, false),
+        Command::SubmitJobLow => (Priority::Low, false, false, false),
+        Command::SubmitJobLowBg => (Priority::Low, true, false, false),
+        Command::SubmitJobEpoch => (Priority::Normal, true, true, false),
+        Command::SubmitReduceJob => (Priority::Normal, false, false, true),
+        Command::SubmitReduceJobBackground => (Priority::Normal, true, false, true),
+        _ => (Priority::Normal, false, false, false),
+    };
+    SubmitKind { priority, background, epoch, reduce }
+}
+
+impl Engine {
+    pub(crate) fn submit(&mut self, conn: ConnId, p: &Packet, now: NowMs, out: &mut dyn Outbox) {
+        let k = kind(p.command);
+        let function = p.arg_bytes(0);
+        let unique = p.arg_bytes(1);
+        let (when, reducer, data) = if k.epoch {
+            (crate::job::strtol(p.arg(2)), Bytes::new(), p.arg_bytes(3))
+        } else if k.reduce {
+            // Body: function, unique, reducer, aggregate (ignored), data.
+            (0, p.arg_bytes(2), p.arg_bytes(4))
+        } else {
+            (0, Bytes::new(), p.arg_bytes(2))
+        };
+        // gearmand checks only the reducer on REDUCE submits (quirk Q4); we check both.
+        if unique.len() > MAX_UNIQUE_BYTES || reducer.len() > MAX_UNIQUE_BYTES {
+            error(out, conn, "ARGUMENT_TOO_LARGE", "Unique value too large");
+            return;
+        }
+        let fid = self.function_id(function);
+        let key = match &unique[..] {
+            b"" => None,
+            b"-" if data.is_empty() => None,
+            b"-" => Some(CoalesceKey::Data(data.clone())),
+            _ => Some(CoalesceKey::Unique(unique.clone())),
+        };
+        if let Some(key) = &key {
+            if let Some(&jid) = self.coalesce.get(&(fid, key.clone())) {
+                self.join(jid, conn, k.background, out);
+                return;
+            }
+        }
+        if let Some(f) = self.functions.get(fid) {
+            let limit = f.max_queue.get(k.priority.index()).copied().unwrap_or(0);
+            if limit > 0 && f.total >= limit as usize {
+                error(out, conn, "QUEUE_ERROR", "Job queue is full");
+                return;
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let handle = Bytes::from(format!("{}:{}", self.config.handle_prefix, seq));
+        let future = when > 0 && when.saturating_mul(1000) > now;
+        let job = Job {
+            seq,
+            handle: handle.clone(),
+            function: fid,
+            unique: unique.clone(),
+            coalesce: key.clone(),
+            data,
+            reducer,
+            priority: k.priority,
+            background: k.background,
+            state: if future { JobState::Scheduled } else { JobState::Queued },
+            listeners: if k.background { Vec::new() } else { vec![conn] },
+            retries: 0,
+            numerator: 0,
+            denominator: 0,
+            abandoned: false,
+            assignments: 0,
+        };
+        let jid = self.jobs.insert(job);
+        self.handles.insert(handle.clone(), jid);
+        if let Some(key) = key {
+            self.coalesce.insert((fid, key), jid);
+        }
+        // gearmand files `-` jobs under a hash of their data, so GET_STATUS_UNIQUE
+        // never finds them by "-"; leaving them out of the index does the same.
+        if !unique.is_empty() && &unique[..] != b"-" {
+            self.by_unique.entry(unique).or_default().push(jid);
+        }
+        if !k.background {
+            if let Some(s) = self.sessions.get_mut(conn) {
+                s.listening.push((jid, seq));
+            }
+        }
+        if let Some(f) = self.functions.get_mut(fid) {
+            f.total += 1;
+            if future {
+                f.scheduled += 1;
+            }
+        }
+        out.packet(conn, Command::JobCreated, &[&handle]);
+        if future {
+            self.epoch_timers.push(Reverse((when.saturating_mul(1000), jid, seq, 0)));
+        } else {
+            self.enqueue(jid, out);
+        }
+    }
+
+    /// A submit that matched a live job: attach a foreground submitter as a listener
+    /// (reviving the job if everyone had left) and answer with the existing handle.
+    fn join(&mut self, jid: usize, conn: ConnId, background: bool, out: &mut dyn Outbox) {
+        let Some(job) = self.jobs.get_mut(jid) else { return };
+        if !background {
+            job.listeners.insert(0, conn);
+            // gearmand leaves the flag set and the new client hangs (§4.10 [bug]).
+            job.abandoned = false;
+            let seq = job.seq;
+            if let Some(s) = self.sessions.get_mut(conn) {
+                s.listening.push((jid, seq));
+            }
+        }
+        let Some(job) = self.jobs.get(jid) else { return };
+        out.packet(conn, Command::JobCreated, &[&job.handle]);
+    }
+
+    pub(crate) fn get_status(&mut self, conn: ConnId, handle: &[u8], out: &mut dyn Outbox) {
+        let handle = strip_trailing_nul(handle);
+        let job = self.handles.get(handle).and_then(|&j| self.jobs.get(j));
+        let (known, running, num, den) = match job {
+            Some(j) => (true, matches!(j.state, JobState::Running(_)), j.numerator, j.denominator),
+            None => (false, false, 0, 0),
+        };
+        let (num, den) = (num.to_string(), den.to_string());
+        out.packet(
+            conn,
+            Command::StatusRes,
+            &[handle, flag(known), flag(running), num.as_bytes(), den.as_bytes()],
+        );
+    }
+
+    pub(crate) fn get_status_unique(&mut self, conn: ConnId, unique: &[u8], out: &mut dyn Outbox) {
+        let unique = strip_trailing_nul(unique);
+        let job = self.by_unique.get(unique).and_then(|l| l.last()).and_then(|&j| self.jobs.get(j));
+        let (known, running, num, den, clients) = match job {
+            Some(j) => {
+                (true, matches!(j.state, JobState::Running(_)), j.numerator, j.denominator, j.listeners.len())
+            }
+            None => (false, false, 0, 0, 0),
+        };
+        let (num, den, clients) = (num.to_string(), den.to_string(), clients.to_string());
+        out.packet(
+            conn,
+            Command::StatusResUnique,
+            &[unique, flag(known), flag(running), num.as_bytes(), den.as_bytes(), clients.as_bytes()],
+        );
+    }
+
+    pub(crate) fn option_req(&mut self, conn: ConnId, name: &[u8], out: &mut dyn Outbox) {
+        let name = strip_trailing_nul(name);
+        if name.eq_ignore_ascii_case(b"exceptions") {
+            if let Some(s) = self.sessions.get_mut(conn) {
+                s.exceptions = true;
+            }
+            out.packet(conn, Command::OptionRes, &[name]);
+        } else {
+            error(out, conn, "UNKNOWN_OPTION", "Server does not recognize given option");
+        }
+    }
+
+    pub(crate) fn set_client_id(&mut self, conn: ConnId, id: &[u8]) {
+        if let Some(s) = self.sessions.get_mut(conn) {
+            let id = id.get(..MAX_CLIENT_ID_BYTES).unwrap_or(id);
+            s.client_id = Bytes::copy_from_slice(id);
+        }
+    }
+}
+
+fn flag(b: bool) -> &'static [u8] {
+    if b {
+        b"1"
+    } else {
+        b"0"
+    }
+}
+
+/// Peers often send C strings: one trailing NUL is not part of the value.
+pub(crate) fn strip_trailing_nul(s: &[u8]) -> &[u8] {
+    s.strip_suffix(b"\0").unwrap_or(s)
+}

@@ -1,0 +1,233 @@
+//! Worker requests: abilities, the PRE_SLEEP/NOOP/GRAB handshake, and WORK_* results
+//! forwarded to the job's listening clients.
+
+use std::cmp::Reverse;
+
+use bytes::Bytes;
+use gearman_proto::{Command, Packet};
+
+use crate::engine::error;
+use crate::function::FunctionId;
+use crate::job::{atoi_u32, JobId, JobState};
+use crate::session::Ability;
+use crate::submit::strip_trailing_nul;
+use crate::{ConnId, Engine, NowMs, Outbox};
+
+/// gearmand never lets a CAN_DO_TIMEOUT fire sooner than this.
+const MIN_WORK_TIMEOUT_MS: u32 = 1000;
+
+/// gearmand's handle buffer: WORK_FAIL handles of this size or more are refused.
+const MAX_HANDLE_BYTES: usize = 64;
+
+impl Engine {
+    pub(crate) fn can_do(&mut self, conn: ConnId, name: Bytes, timeout_ms: u32) {
+        let fid = self.function_id(name);
+        let Some(s) = self.sessions.get_mut(conn) else { return };
+        s.abilities.insert(0, Ability { function: fid, timeout_ms });
+        if let Some(f) = self.functions.get_mut(fid) {
+            f.workers.push(conn);
+        }
+    }
+
+    pub(crate) fn cant_do(&mut self, conn: ConnId, name: &[u8], now: NowMs, out: &mut dyn Outbox) {
+        let Some(&fid) = self.function_ids.get(name) else { return };
+        self.drop_abilities(conn, |a| a == fid, now, out);
+    }
+
+    pub(crate) fn reset_abilities(&mut self, conn: ConnId, now: NowMs, out: &mut dyn Outbox) {
+        self.drop_abilities(conn, |_| true, now, out);
+    }
+
+    /// Unregisters the matching functions and requeues the jobs this connection holds
+    /// for them (each counts as a retry, as in gearmand).
+    fn drop_abilities(
+        &mut self,
+        conn: ConnId,
+        matches: impl Fn(FunctionId) -> bool,
+        now: NowMs,
+        out: &mut dyn Outbox,
+    ) {
+        let Some(s) = self.sessions.get_mut(conn) else { return };
+        let mut dropped: Vec<FunctionId> = Vec::new();
+        s.abilities.retain(|a| {
+            let m = matches(a.function);
+            if m {
+                dropped.push(a.function);
+            }
+            !m
+        });
+        let held: Vec<(JobId, u64)> = s.running.clone();
+        for &fid in &dropped {
+            if let Some(f) = self.functions.get_mut(fid) {
+                f.workers.retain(|&w| w != conn);
+            }
+        }
+        for (jid, seq) in held {
+            let Some(job) = self.live_job(jid, seq) else { continue };
+            if !dropped.contains(&job.function) {
+                continue;
+            }
+            if let Some(s) = self.sessions.get_mut(conn) {
+                s.running.retain(|&(j, q)| !(j == jid && q == seq));
+            }
+            self.requeue_lost(jid, seq, now, out);
+        }
+    }
+
+    pub(crate) fn pre_sleep(&mut self, conn: ConnId, now: NowMs, out: &mut dyn Outbox) {
+        self.promote_due(now, out);
+        let has_work = self.sessions.get(conn).is_some_and(|s| {
+            s.abilities.iter().any(|a| {
+                self.functions.get(a.function).is_some_and(|f| {
+                    f.queues.iter().flatten().any(|&(j, q)| self.live_job(j, q).is_some_and(|j| !j.abandoned))
+                })
+            })
+        });
+        if has_work {
+            out.packet(conn, Command::Noop, &[]);
+            return;
+        }
+        if let Some(s) = self.sessions.get_mut(conn) {
+            s.sleeping = true;
+        }
+    }
+
+    pub(crate) fn grab_job(&mut self, conn: ConnId, kind: Command, now: NowMs, out: &mut dyn Outbox) {
+        self.promote_due(now, out);
+        let Some(s) = self.sessions.get_mut(conn) else { return };
+        s.sleeping = false;
+        s.noop_sent = false;
+        let order: Vec<FunctionId> = s.abilities.iter().map(|a| a.function).collect();
+        for (pos, fid) in order.into_iter().enumerate() {
+            if let Some(jid) = self.take_queued(fid) {
+                if self.config.round_robin {
+                    if let Some(s) = self.sessions.get_mut(conn) {
+                        if pos < s.abilities.len() {
+                            let a = s.abilities.remove(pos);
+                            s.abilities.push(a);
+                        }
+                    }
+                }
+                self.assign(conn, jid, kind, now, out);
+                return;
+            }
+        }
+        out.packet(conn, Command::NoJob, &[]);
+    }
+
+    /// Pops the first wanted job of a function, highest priority first, discarding
+    /// abandoned jobs on the way (gearmand discards them at this point too).
+    fn take_queued(&mut self, fid: FunctionId) -> Option<JobId> {
+        for prio in 0..3 {
+            loop {
+                let entry = self.functions.get_mut(fid)?.queues.get_mut(prio)?.pop_front();
+                let Some((jid, seq)) = entry else { break };
+                let Some(job) = self.live_job(jid, seq) else { continue };
+                if job.abandoned {
+                    self.remove_job(jid);
+                    continue;
+                }
+                return Some(jid);
+            }
+        }
+        None
+    }
+
+    fn assign(&mut self, conn: ConnId, jid: JobId, kind: Command, now: NowMs, out: &mut dyn Outbox) {
+        let timeout =
+            self.jobs.get(jid).and_then(|j| self.sessions.get(conn).map(|s| s.timeout_for(j.function)));
+        let Some(job) = self.jobs.get_mut(jid) else { return };
+        job.state = JobState::Running(conn);
+        job.assignments = job.assignments.wrapping_add(1);
+        let (seq, fid, assignment) = (job.seq, job.function, job.assignments);
+        if let Some(f) = self.functions.get_mut(fid) {
+            f.running += 1;
+        }
+        if let Some(s) = self.sessions.get_mut(conn) {
+            s.running.push((jid, seq));
+        }
+        if let Some(ms) = timeout.filter(|&t| t > 0) {
+            let due = now.saturating_add(i64::from(ms.max(MIN_WORK_TIMEOUT_MS)));
+            self.work_timers.push(Reverse((due, jid, seq, assignment)));
+        }
+        let Some(job) = self.jobs.get(jid) else { return };
+        let fname = self.functions.get(fid).map(|f| f.name.clone()).unwrap_or_default();
+        match kind {
+            Command::GrabJob => out.packet(conn, Command::JobAssign, &[&job.handle, &fname, &job.data]),
+            Command::GrabJobAll if !job.reducer.is_empty() => out.packet(
+                conn,
+                Command::JobAssignAll,
+                &[&job.handle, &fname, &job.unique, &job.reducer, &job.data],
+            ),
+            _ => out.packet(conn, Command::JobAssignUniq, &[&job.handle, &fname, &job.unique, &job.data]),
+        }
+    }
+
+    pub(crate) fn work_result(&mut self, conn: ConnId, p: &Packet, _now: NowMs, out: &mut dyn Outbox) {
+        let raw_handle = p.arg(0);
+        let handle = strip_trailing_nul(raw_handle);
+        if p.command == Command::WorkFail && raw_handle.len() >= MAX_HANDLE_BYTES {
+            error(
+                out,
+                conn,
+                "ARGUMENT_TOO_LARGE",
+                "Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small from snprintf",
+            );
+            return;
+        }
+        let owned = self
+            .handles
+            .get(handle)
+            .copied()
+            .filter(|&j| self.jobs.get(j).is_some_and(|j| j.state == JobState::Running(conn)));
+        let Some(jid) = owned else {
+            let text = match p.command {
+                Command::WorkData | Command::WorkWarning => "Job does not exist on server",
+                Command::WorkException => "An exception was received for a job that does not exist",
+                _ => "Job given in work result not found",
+            };
+            error(out, conn, "JOB_NOT_FOUND", text);
+            return;
+        };
+        let Some(job) = self.jobs.get_mut(jid) else { return };
+        match p.command {
+            Command::WorkStatus => {
+                job.numerator = atoi_u32(p.arg(1));
+                job.denominator = atoi_u32(p.arg(2));
+                for &c in &job.listeners {
+                    out.packet(c, Command::WorkStatus, &[p.arg(0), p.arg(1), p.arg(2)]);
+                }
+            }
+            Command::WorkData | Command::WorkWarning => {
+                for &c in &job.listeners {
+                    out.packet(c, p.command, &[p.arg(0), p.arg(1)]);
+                }
+            }
+            Command::WorkComplete => {
+                for &c in &job.listeners {
+                    out.packet(c, Command::WorkComplete, &[p.arg(0), p.arg(1)]);
+                }
+                self.remove_job(jid);
+            }
+            Command::WorkFail => {
+                // Forwarded byte for byte, a trailing NUL included (quirk Q2).
+                for &c in &job.listeners {
+                    out.packet(c, Command::WorkFail, &[raw_handle]);
+                }
+                self.remove_job(jid);
+            }
+            Command::WorkException => {
+                for &c in &job.listeners {
+                    if self.sessions.get(c).is_some_and(|s| s.exceptions) {
+                        out.packet(c, Command::WorkException, &[p.arg(0), p.arg(1)]);
+                    } else {
+                        // gearmand appends a NUL here, which hangs libgearman (Q1).
+                        out.packet(c, Command::WorkFail, &[handle]);
+                    }
+                }
+                self.remove_job(jid);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! One client/worker connection: a reader that decodes frames and runs them through
+//! the engine in batches, and a writer that drains the connection's outbound buffer.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use gearman_engine::{ConnId, PeerInfo};
+use gearman_proto::{decode, Frame, Limits, ProtoError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{now_ms, Shared};
+use crate::outbound::Outbound;
+
+/// Read buffer size; reads larger than this just take several turns.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Limits applied to every connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnLimits {
+    pub(crate) frames: Limits,
+    /// Pending output beyond which a peer that does not read is disconnected.
+    pub(crate) max_output_bytes: usize,
+}
+
+/// Serves one accepted connection until it closes or the server stops.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    limits: ConnLimits,
+    stop: CancellationToken,
+) {
+    let peer = PeerInfo {
+        label: fd_label(&stream),
+        ip: stream.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "-".into()),
+    };
+    let _ = stream.set_nodelay(true);
+    let done = stop.child_token();
+    let outbound = Arc::new(Outbound::new(limits.max_output_bytes, done.clone()));
+    let conn = {
+        let mut core = shared.core.lock();
+        let conn = core.engine.connect(peer.clone());
+        crate::core::Shared::set_route(&mut core.routes, conn, outbound.clone());
+        conn
+    };
+    tracing::info!("Accepted connection from {}", peer.ip);
+    let (mut rd, mut wr) = stream.into_split();
+
+    let writer = {
+        let outbound = outbound.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut pending = BytesMut::with_capacity(4096);
+            loop {
+                tokio::select! {
+                    _ = outbound.ready.notified() => {}
+                    _ = done.cancelled() => break,
+                }
+                // Read the flag before taking the bytes: whatever was queued before
+                // the close request is then sure to be in this take.
+                let closing = outbound.is_closing();
+                outbound.take(&mut pending);
+                if !pending.is_empty() {
+                    let written = tokio::select! {
+                        r = wr.write_all(&pending) => r,
+                        _ = done.cancelled() => break,
+                    };
+                    pending.clear();
+                    if written.is_err() {
+                        break;
+                    }
+                }
+                if closing {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+            done.cancel();
+        })
+    };
+
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK_BYTES);
+        }
+        let n = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            _ = done.cancelled() => break,
+        };
+        match n {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if !run_frames(&shared, conn, &mut buf, &limits.frames) {
+            break;
+        }
+        if outbound.is_closing() {
+            break;
+        }
+    }
+    // Let the writer flush what the last frames produced, then stop it.
+    outbound.close();
+    outbound.ready.notify_one();
+    let _ = writer.await;
+    shared.with_engine(|engine, out| {
+        engine.disconnect(conn, now_ms(), out);
+        if let Some(slot) = out.routes.get_mut(conn) {
+            *slot = None;
+        }
+    });
+    tracing::info!("Disconnected {}", peer.ip);
+}
+
+/// Decodes every complete frame in `buf` and runs them under one engine lock.
+/// Returns false when the connection must close (framing error).
+fn run_frames(shared: &Shared, conn: ConnId, buf: &mut BytesMut, limits: &Limits) -> bool {
+    shared.with_engine(|engine, out| {
+        let now = now_ms();
+        loop {
+            match decode(buf, limits) {
+                Ok(Some(Frame::Packet(p))) => engine.handle_packet(conn, &p, now, out),
+                Ok(Some(Frame::AdminLine(line))) => engine.handle_admin(conn, &line, out),
+                Ok(None) => return true,
+                Err(e) => {
+                    reject(conn, &e, out);
+                    return false;
+                }
+            }
+        }
+    })
+}
+
+/// Answers a framing error: an ERROR packet where gearmand-style peers can use one
+/// (oversize, missing argument), silence where gearmand closes silently.
+fn reject(conn: ConnId, e: &ProtoError, out: &mut crate::core::Router<'_>) {
+    use gearman_engine::Outbox;
+    tracing::warn!("closing connection after protocol error: {e}");
+    if let Some((code, text)) = e.reply() {
+        out.packet(conn, gearman_proto::Command::Error, &[code.as_bytes(), text.as_bytes()]);
+    }
+    out.close(conn);
+}
+
+#[cfg(unix)]
+fn fd_label(stream: &TcpStream) -> i64 {
+    use std::os::fd::AsRawFd;
+    i64::from(stream.as_raw_fd())
+}
+
+#[cfg(not(unix))]
+fn fd_label(_stream: &TcpStream) -> i64 {
+    0
+}

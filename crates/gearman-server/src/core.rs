@@ -1,0 +1,119 @@
+//! The one lock: the engine plus the table that routes its output to connections.
+//!
+//! The engine is synchronous and never waits on I/O, so a plain mutex held for the
+//! length of one read batch is cheaper than an actor's channel hop per request: the
+//! connection task that read the bytes runs the engine itself and writes replies
+//! straight into the target connections' buffers.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use gearman_engine::{ConnId, Engine, Outbox};
+use gearman_proto::Command;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::outbound::Outbound;
+
+/// Engine and routes, always locked together.
+pub(crate) struct Core {
+    pub(crate) engine: Engine,
+    /// Indexed by `ConnId` (the engine's slab keys are small and dense).
+    pub(crate) routes: Vec<Option<Arc<Outbound>>>,
+}
+
+/// State shared by every task of one server.
+pub(crate) struct Shared {
+    pub(crate) core: Mutex<Core>,
+    /// Wakes the timer task when a deadline earlier than the one it sleeps to appears.
+    pub(crate) timer_wake: Notify,
+    /// The deadline the timer task sleeps until (ms), `i64::MAX` for none.
+    pub(crate) timer_due: AtomicI64,
+}
+
+impl Shared {
+    pub(crate) fn new(engine: Engine) -> Shared {
+        Shared {
+            core: Mutex::new(Core { engine, routes: Vec::new() }),
+            timer_wake: Notify::new(),
+            timer_due: AtomicI64::new(i64::MAX),
+        }
+    }
+
+    /// Runs `f` on the engine with an outbox that routes to connections, then wakes
+    /// the writers that got output and, if needed, the timer task.
+    pub(crate) fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, &mut Router<'_>) -> R) -> R {
+        let mut touched = Vec::new();
+        let (result, next) = {
+            let mut core = self.core.lock();
+            let Core { engine, routes } = &mut *core;
+            let mut router = Router { routes, touched: &mut touched };
+            let r = f(engine, &mut router);
+            (r, engine.next_deadline())
+        };
+        for out in touched {
+            out.ready.notify_one();
+        }
+        if let Some(due) = next {
+            if due < self.timer_due.load(Ordering::Relaxed) {
+                self.timer_wake.notify_one();
+            }
+        }
+        result
+    }
+
+    /// Registers a connection's outbound buffer under its engine id.
+    pub(crate) fn set_route(routes: &mut Vec<Option<Arc<Outbound>>>, conn: ConnId, out: Arc<Outbound>) {
+        if routes.len() <= conn {
+            routes.resize(conn + 1, None);
+        }
+        if let Some(slot) = routes.get_mut(conn) {
+            *slot = Some(out);
+        }
+    }
+}
+
+/// The [`Outbox`] the server gives the engine.
+pub(crate) struct Router<'a> {
+    pub(crate) routes: &'a mut Vec<Option<Arc<Outbound>>>,
+    touched: &'a mut Vec<Arc<Outbound>>,
+}
+
+impl Router<'_> {
+    fn route(&mut self, conn: ConnId) -> Option<&Arc<Outbound>> {
+        let out = self.routes.get(conn)?.as_ref()?;
+        // Usually the same few connections: a linear check beats hashing here.
+        if !self.touched.iter().any(|t| Arc::ptr_eq(t, out)) {
+            self.touched.push(out.clone());
+        }
+        Some(out)
+    }
+}
+
+impl Outbox for Router<'_> {
+    fn packet(&mut self, conn: ConnId, command: Command, args: &[&[u8]]) {
+        if let Some(out) = self.route(conn) {
+            out.packet(command, args);
+        }
+    }
+
+    fn text(&mut self, conn: ConnId, text: &[u8]) {
+        if let Some(out) = self.route(conn) {
+            out.text(text);
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if let Some(out) = self.route(conn) {
+            out.close();
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (the engine's time base).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,242 @@
+//! The embeddable server: bind, run, and stop or drain from another task.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gearman_engine::{Engine, EngineConfig};
+use gearman_proto::Limits;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::conn::{self, ConnLimits};
+use crate::core::{now_ms, Shared};
+
+/// TCP keepalive settings for accepted connections (`--keepalive*`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keepalive {
+    /// Seconds idle before the first probe (TCP_KEEPIDLE).
+    pub idle_secs: Option<u32>,
+    /// Seconds between probes (TCP_KEEPINTVL).
+    pub interval_secs: Option<u32>,
+    /// Probes before the connection is dropped (TCP_KEEPCNT).
+    pub count: Option<u32>,
+}
+
+/// Everything needed to start a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Host or address to bind; `None` binds every address (IPv4 and IPv6).
+    pub listen: Option<String>,
+    /// Port of the Gear protocol (binary and admin text); 0 picks a free one.
+    pub port: u16,
+    /// listen(2) backlog.
+    pub backlog: u32,
+    /// Job semantics.
+    pub engine: EngineConfig,
+    /// Frame size limits.
+    pub limits: Limits,
+    /// Unread output a peer may accumulate before it is disconnected.
+    pub max_output_bytes: usize,
+    /// Extra keepalive tuning (`--keepalive`); accepted sockets always get SO_KEEPALIVE.
+    pub keepalive: Option<Keepalive>,
+    /// How long to keep retrying a bind that fails with "address in use".
+    pub bind_retry: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: None,
+            port: 4730,
+            backlog: 32,
+            engine: EngineConfig::default(),
+            limits: Limits::default(),
+            max_output_bytes: 256 * 1024 * 1024,
+            keepalive: None,
+            bind_retry: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Stops or drains a running [`Server`] from anywhere.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    stop: CancellationToken,
+    drain: CancellationToken,
+}
+
+impl ServerHandle {
+    /// Immediate shutdown: stop accepting, close every connection, return from `run`.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Graceful shutdown: stop accepting now, keep serving existing connections, and
+    /// shut down once the server holds no jobs (gearmand's SIGUSR1).
+    pub fn drain(&self) {
+        self.drain.cancel();
+    }
+}
+
+/// A bound server, ready to [`Server::run`].
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    shared: Arc<Shared>,
+    limits: ConnLimits,
+    keepalive: Option<Keepalive>,
+    handle: ServerHandle,
+}
+
+impl Server {
+    /// Binds the listening sockets. Nothing is served until [`Server::run`].
+    pub async fn bind(config: ServerConfig) -> io::Result<Server> {
+        let addrs: Vec<SocketAddr> = match &config.listen {
+            Some(host) => tokio::net::lookup_host((host.as_str(), config.port)).await?.collect(),
+            None => vec![
+                SocketAddr::from(([0, 0, 0, 0], config.port)),
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, config.port)),
+            ],
+        };
+        let mut listeners = Vec::new();
+        let mut last_err = None;
+        for addr in addrs {
+            match bind_one(addr, config.backlog, config.bind_retry).await {
+                Ok(l) => listeners.push(l),
+                Err(e) => {
+                    tracing::warn!("could not bind {addr}: {e}");
+                    last_err = Some(e);
+                }
+            }
+        }
+        if listeners.is_empty() {
+            return Err(last_err.unwrap_or_else(|| io::Error::other("no address to bind")));
+        }
+        for l in &listeners {
+            if let Ok(a) = l.local_addr() {
+                tracing::info!("Listening on {a}");
+            }
+        }
+        Ok(Server {
+            listeners,
+            shared: Arc::new(Shared::new(Engine::new(config.engine))),
+            limits: ConnLimits { frames: config.limits, max_output_bytes: config.max_output_bytes },
+            keepalive: config.keepalive,
+            handle: ServerHandle { stop: CancellationToken::new(), drain: CancellationToken::new() },
+        })
+    }
+
+    /// The bound addresses (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// A handle to stop or drain the server.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until shut down (or drained and empty).
+    pub async fn run(self) -> io::Result<()> {
+        let Server { listeners, shared, limits, keepalive, handle } = self;
+        let tracker = TaskTracker::new();
+        let stop = handle.stop.clone();
+        for listener in listeners {
+            let (shared, stop, drain, tracker2) =
+                (shared.clone(), stop.clone(), handle.drain.clone(), tracker.clone());
+            tracker.spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        r = listener.accept() => r,
+                        _ = stop.cancelled() => break,
+                        _ = drain.cancelled() => break,
+                    };
+                    match accepted {
+                        Ok((stream, _)) => {
+                            tune(&stream, keepalive);
+                            tracker2.spawn(conn::serve(shared.clone(), stream, limits, stop.clone()));
+                        }
+                        Err(e) => {
+                            // Out of fds and the like: back off instead of spinning.
+                            tracing::error!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            });
+        }
+        tracker.spawn(run_timers(shared.clone(), stop.clone()));
+        let drain = handle.drain.clone();
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = async {
+                drain.cancelled().await;
+                tracing::info!("draining: no new connections; stopping when no jobs remain");
+                while shared.core.lock().engine.job_count() > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            } => stop.cancel(),
+        }
+        tracker.close();
+        // Connections flush and close on cancel; don't wait forever on a stuck peer.
+        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        Ok(())
+    }
+}
+
+async fn bind_one(addr: SocketAddr, backlog: u32, retry_for: Duration) -> io::Result<TcpListener> {
+    let start = tokio::time::Instant::now();
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        if addr.is_ipv6() {
+            socket2::SockRef::from(&socket).set_only_v6(true)?;
+        }
+        match socket.bind(addr).and_then(|_| socket.listen(backlog)) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && start.elapsed() + pause <= retry_for => {
+                tracing::warn!("{addr} is in use, retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(8));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn tune(stream: &tokio::net::TcpStream, keepalive: Option<Keepalive>) {
+    let sock = socket2::SockRef::from(stream);
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(k) = keepalive {
+        if let Some(s) = k.idle_secs {
+            ka = ka.with_time(Duration::from_secs(s.into()));
+        }
+        if let Some(s) = k.interval_secs {
+            ka = ka.with_interval(Duration::from_secs(s.into()));
+        }
+        if let Some(n) = k.count {
+            ka = ka.with_retries(n);
+        }
+    }
+    let _ = sock.set_tcp_keepalive(&ka);
+}
+
+/// Sleeps until the engine's next deadline (epoch jobs, CAN_DO_TIMEOUT) and ticks it.
+async fn run_timers(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let due = shared.core.lock().engine.next_deadline().unwrap_or(i64::MAX);
+        shared.timer_due.store(due, Ordering::Relaxed);
+        let wait_ms = due.saturating_sub(now_ms()).clamp(0, 60_000);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+            _ = shared.timer_wake.notified() => {}
+            _ = stop.cancelled() => return,
+        }
+        let now = now_ms();
+        shared.with_engine(|engine, out| engine.tick(now, out));
+    }
+}
