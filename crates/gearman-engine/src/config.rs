@@ -29,7 +29,7 @@ impl Default for EngineConfig {
             worker_wakeup: 0,
             round_robin: false,
             exceptions: false,
-            version: "1.1.20+ds".into(),
+            version: format!("1.1.20+gearman-rs.{}", env!("CARGO_PKG_VERSION")),
             pid: std::process::id(),
             verbose: "ERROR".into(),
         }

@@ -1,0 +1,128 @@
+//! Job payloads that carry their own job id, so every echo can be checked.
+//!
+//! A payload of `size` bytes is a fixed pseudo-random pattern (one per run) whose
+//! first `min(8, size)` bytes are replaced by the job id in little-endian order.
+//! Payloads of 8 bytes or more therefore name their job: a worker can tell which job
+//! it was handed, and a client can tell whether the data it got back is its own.
+
+/// The payload pattern of one run.
+#[derive(Debug, Clone)]
+pub(crate) struct Payload {
+    base: Vec<u8>,
+}
+
+/// Bytes of the job id embedded at the front of a payload.
+const ID_BYTES: usize = 8;
+
+impl Payload {
+    /// A pattern of `size` bytes derived from `seed`.
+    pub(crate) fn new(size: usize, seed: u64) -> Payload {
+        // xorshift64*: any fixed, cheap, non-trivial byte pattern will do.
+        let mut state = seed | 1;
+        let base = (0..size)
+            .map(|_| {
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+            })
+            .collect();
+        Payload { base }
+    }
+
+    /// Payload length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.base.len()
+    }
+
+    /// Whether payloads are long enough to carry the whole job id.
+    pub(crate) fn carries_id(&self) -> bool {
+        self.base.len() >= ID_BYTES
+    }
+
+    fn prefix_len(&self) -> usize {
+        self.base.len().min(ID_BYTES)
+    }
+
+    /// Writes the payload of job `id` into `out` (cleared first).
+    pub(crate) fn fill(&self, id: u64, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.base);
+        let k = self.prefix_len();
+        out[..k].copy_from_slice(&id.to_le_bytes()[..k]);
+    }
+
+    /// Whether `data` is exactly the payload of job `id`.
+    pub(crate) fn check(&self, id: u64, data: &[u8]) -> bool {
+        let k = self.prefix_len();
+        data.len() == self.base.len() && data[..k] == id.to_le_bytes()[..k] && data[k..] == self.base[k..]
+    }
+
+    /// The job id a payload names, if payloads carry ids and `data` is well formed.
+    pub(crate) fn id_of(&self, data: &[u8]) -> Option<u64> {
+        if !self.carries_id() || data.len() != self.base.len() {
+            return None;
+        }
+        let mut id = [0u8; ID_BYTES];
+        id.copy_from_slice(&data[..ID_BYTES]);
+        let id = u64::from_le_bytes(id);
+        self.check(id, data).then_some(id)
+    }
+}
+
+/// Checks that `ids` (in any order) are exactly `0..expected`, each once.
+/// Sorts `ids` in place; the error names the first duplicate or missing id.
+pub(crate) fn check_exactly_once(ids: &mut [u64], expected: u64) -> Result<(), String> {
+    ids.sort_unstable();
+    let mut want = 0u64;
+    for &id in ids.iter() {
+        if id < want {
+            return Err(format!("job {id} was handed to workers more than once"));
+        }
+        if id > want {
+            return Err(format!("job {want} was never handed to a worker"));
+        }
+        want += 1;
+    }
+    if want != expected {
+        return Err(format!("workers saw {want} distinct jobs, {expected} were submitted"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trip_and_mismatches() {
+        for size in [0usize, 3, 8, 100] {
+            let p = Payload::new(size, 42);
+            let mut buf = Vec::new();
+            p.fill(7, &mut buf);
+            assert_eq!(buf.len(), size);
+            assert!(p.check(7, &buf));
+            if size > 0 {
+                assert!(!p.check(8, &buf), "size {size}: other id must not match");
+                let mut bad = buf.clone();
+                let last = bad.len() - 1;
+                bad[last] ^= 0xff;
+                assert!(!p.check(7, &bad), "size {size}: corrupted byte must not match");
+            }
+            assert!(!p.check(7, &[buf.as_slice(), b"x"].concat()));
+            assert_eq!(p.id_of(&buf), if size >= 8 { Some(7) } else { None });
+        }
+    }
+
+    #[test]
+    fn exactly_once_detects_duplicates_and_gaps() {
+        assert!(check_exactly_once(&mut [2, 0, 1], 3).is_ok());
+        assert!(check_exactly_once(&mut [], 0).is_ok());
+        let dup = check_exactly_once(&mut [0, 1, 1, 2], 3).unwrap_err();
+        assert!(dup.contains("job 1"), "{dup}");
+        let gap = check_exactly_once(&mut [0, 2], 3).unwrap_err();
+        assert!(gap.contains("job 1 was never"), "{gap}");
+        let short = check_exactly_once(&mut [0, 1], 3).unwrap_err();
+        assert!(short.contains("2 distinct"), "{short}");
+    }
+}

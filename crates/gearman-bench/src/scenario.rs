@@ -1,0 +1,595 @@
+//! The scenarios: client and worker connection loops, and the checks after a run.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context, Result};
+use bytes::Bytes;
+use gearman_proto::Command;
+use hdrhistogram::Histogram;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::admin;
+use crate::conn::{packet, unexpected, Conn, Event};
+use crate::payload::{check_exactly_once, Payload};
+use crate::report::Report;
+use crate::stats::{new_histogram, record, Summary};
+use crate::{Opts, Scenario, UniqueMode};
+
+/// Live counts of the current run, reported when it times out.
+pub(crate) struct Counters {
+    submitted: AtomicU64,
+    answered: AtomicU64,
+    worker_jobs: AtomicU64,
+}
+
+/// The counts of this process's run.
+pub(crate) static COUNTERS: Counters =
+    Counters { submitted: AtomicU64::new(0), answered: AtomicU64::new(0), worker_jobs: AtomicU64::new(0) };
+
+impl Counters {
+    /// A one-line account of where the run got to.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} requests sent, {} answered to clients, {} jobs done by workers",
+            self.submitted.load(Relaxed),
+            self.answered.load(Relaxed),
+            self.worker_jobs.load(Relaxed)
+        )
+    }
+}
+
+/// Hands out job ids `0, 1, 2, ...` until the count or the deadline is reached.
+struct Tickets {
+    next: AtomicU64,
+    total: Option<u64>,
+    deadline: Option<Instant>,
+}
+
+impl Tickets {
+    fn new(total: Option<u64>, seconds: Option<f64>) -> Tickets {
+        Tickets {
+            next: AtomicU64::new(0),
+            total,
+            deadline: seconds.map(|s| Instant::now() + Duration::from_secs_f64(s)),
+        }
+    }
+
+    fn take(&self) -> Option<u64> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        let id = self.next.fetch_add(1, SeqCst);
+        match self.total {
+            Some(t) if id >= t => None,
+            _ => Some(id),
+        }
+    }
+
+    /// Ids handed out (every one of them was submitted).
+    fn issued(&self) -> u64 {
+        let n = self.next.load(SeqCst);
+        self.total.map_or(n, |t| n.min(t))
+    }
+}
+
+/// Jobs completed by workers, and the stop signal for them.
+struct Progress {
+    done: AtomicU64,
+    target: AtomicU64,
+    end: OnceLock<Instant>,
+    stop: watch::Sender<bool>,
+}
+
+impl Progress {
+    fn new() -> Arc<Progress> {
+        Arc::new(Progress {
+            done: AtomicU64::new(0),
+            target: AtomicU64::new(u64::MAX),
+            end: OnceLock::new(),
+            stop: watch::Sender::new(false),
+        })
+    }
+
+    fn job_done(&self) {
+        let d = self.done.fetch_add(1, SeqCst) + 1;
+        if d >= self.target.load(SeqCst) {
+            self.finish();
+        }
+    }
+
+    /// Stop once `t` jobs are done (now, if they already are).
+    fn set_target(&self, t: u64) {
+        self.target.store(t, SeqCst);
+        if self.done.load(SeqCst) >= t {
+            self.finish();
+        }
+    }
+
+    fn finish(&self) {
+        let _ = self.end.set(Instant::now());
+        self.stop.send_replace(true);
+    }
+
+    fn end(&self) -> Instant {
+        *self.end.get_or_init(Instant::now)
+    }
+}
+
+/// What every connection of a run shares.
+struct Setup {
+    addr: SocketAddr,
+    run_id: String,
+    functions: Vec<Vec<u8>>,
+    payload: Payload,
+    unique: UniqueMode,
+}
+
+impl Setup {
+    fn function_of(&self, id: u64) -> &[u8] {
+        let i = (id % self.functions.len() as u64) as usize;
+        &self.functions[i]
+    }
+
+    fn write_unique(&self, id: u64, out: &mut Vec<u8>) {
+        out.clear();
+        if self.unique == UniqueMode::PerJob {
+            let _ = write!(out, "{}-{id}", self.run_id);
+        }
+    }
+
+    /// The job id a worker can recover from what it was assigned, if any.
+    fn id_from(&self, unique: &[u8], data: &[u8]) -> Option<u64> {
+        if let Some(id) = self.payload.id_of(data) {
+            return Some(id);
+        }
+        if self.unique == UniqueMode::PerJob {
+            let rest = unique.strip_prefix(self.run_id.as_bytes())?.strip_prefix(b"-")?;
+            return std::str::from_utf8(rest).ok()?.parse().ok();
+        }
+        None
+    }
+
+    /// Whether workers can tell every job apart (then exactly-once is checked by id).
+    fn ids_recoverable(&self) -> bool {
+        self.payload.carries_id() || self.unique == UniqueMode::PerJob
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientMode {
+    Fg,
+    Bg,
+    Echo,
+}
+
+struct ClientShared {
+    setup: Arc<Setup>,
+    mode: ClientMode,
+    window: usize,
+    tickets: Tickets,
+}
+
+struct ClientResult {
+    done: u64,
+    hist: Histogram<u64>,
+}
+
+async fn client(mut conn: Conn, sh: Arc<ClientShared>) -> Result<ClientResult> {
+    let setup = &sh.setup;
+    let mut awaiting_created: VecDeque<(u64, Instant)> = VecDeque::with_capacity(sh.window);
+    let mut running: HashMap<Bytes, (u64, Instant)> = HashMap::with_capacity(sh.window * 2);
+    let mut outstanding = 0usize;
+    let mut exhausted = false;
+    let mut done = 0u64;
+    let mut hist = new_histogram();
+    let mut data = Vec::with_capacity(setup.payload.len());
+    let mut unique = Vec::new();
+    let mut frames = Vec::new();
+    loop {
+        while !exhausted && outstanding < sh.window {
+            let Some(id) = sh.tickets.take() else {
+                exhausted = true;
+                break;
+            };
+            setup.payload.fill(id, &mut data);
+            match sh.mode {
+                ClientMode::Echo => conn.push(Command::EchoReq, &[&data]),
+                ClientMode::Fg | ClientMode::Bg => {
+                    let cmd =
+                        if sh.mode == ClientMode::Fg { Command::SubmitJob } else { Command::SubmitJobBg };
+                    setup.write_unique(id, &mut unique);
+                    conn.push(cmd, &[setup.function_of(id), &unique, &data]);
+                }
+            }
+            awaiting_created.push_back((id, Instant::now()));
+            outstanding += 1;
+            COUNTERS.submitted.fetch_add(1, Relaxed);
+        }
+        if outstanding == 0 {
+            break;
+        }
+        conn.exchange(&mut frames, None).await?;
+        for f in frames.drain(..) {
+            let p = packet(f)?;
+            match (sh.mode, p.command) {
+                (ClientMode::Bg | ClientMode::Fg, Command::JobCreated) => {
+                    let (id, t) =
+                        awaiting_created.pop_front().context("JOB_CREATED with no submit pending")?;
+                    if sh.mode == ClientMode::Bg {
+                        record(&mut hist, t.elapsed());
+                        outstanding -= 1;
+                        done += 1;
+                        COUNTERS.answered.fetch_add(1, Relaxed);
+                    } else {
+                        let handle = Bytes::copy_from_slice(p.arg(0));
+                        if running.insert(handle, (id, t)).is_some() {
+                            bail!("handle {:?} given to two running jobs", p.arg_bytes(0));
+                        }
+                    }
+                }
+                (ClientMode::Fg, Command::WorkComplete) => {
+                    let Some((id, t)) = running.remove(p.arg(0)) else {
+                        bail!("WORK_COMPLETE for unknown or finished handle {:?}", p.arg_bytes(0));
+                    };
+                    record(&mut hist, t.elapsed());
+                    if !setup.payload.check(id, p.arg(1)) {
+                        bail!(
+                            "job {id}: WORK_COMPLETE data ({} bytes) is not the submitted payload",
+                            p.arg(1).len()
+                        );
+                    }
+                    outstanding -= 1;
+                    done += 1;
+                    COUNTERS.answered.fetch_add(1, Relaxed);
+                }
+                (ClientMode::Echo, Command::EchoRes) => {
+                    let (id, t) =
+                        awaiting_created.pop_front().context("ECHO_RES with no ECHO_REQ pending")?;
+                    record(&mut hist, t.elapsed());
+                    if !setup.payload.check(id, p.arg(0)) {
+                        bail!("echo {id}: ECHO_RES data is not what was sent");
+                    }
+                    outstanding -= 1;
+                    done += 1;
+                    COUNTERS.answered.fetch_add(1, Relaxed);
+                }
+                _ => return Err(unexpected(&p, "client")),
+            }
+        }
+    }
+    Ok(ClientResult { done, hist })
+}
+
+struct WorkerResult {
+    jobs: u64,
+    ids: Vec<u64>,
+}
+
+/// Connects a worker, registers every function and waits until the server has
+/// taken the registrations.
+async fn register_worker(setup: &Setup) -> Result<Conn> {
+    let mut conn = Conn::connect(setup.addr).await?;
+    for f in &setup.functions {
+        conn.push(Command::CanDo, &[f]);
+    }
+    conn.sync(|p| Err(unexpected(p, "worker"))).await?;
+    Ok(conn)
+}
+
+/// The GRAB_JOB_UNIQ / PRE_SLEEP / NOOP loop, echoing each job's data in
+/// WORK_COMPLETE, until `stop` fires.
+async fn worker(
+    mut conn: Conn,
+    setup: Arc<Setup>,
+    progress: Arc<Progress>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<WorkerResult> {
+    let recover = setup.ids_recoverable();
+    let mut res = WorkerResult { jobs: 0, ids: Vec::new() };
+    let mut frames = Vec::new();
+    conn.push(Command::GrabJobUniq, &[]);
+    loop {
+        if conn.exchange(&mut frames, Some(&mut stop)).await? == Event::Stopped {
+            break;
+        }
+        for f in frames.drain(..) {
+            let p = packet(f)?;
+            match p.command {
+                Command::JobAssignUniq => {
+                    let (handle, function, unique, data) = (p.arg(0), p.arg(1), p.arg(2), p.arg(3));
+                    if recover {
+                        let Some(id) = setup.id_from(unique, data) else {
+                            bail!("worker got a job it cannot identify: {p:?}");
+                        };
+                        if setup.function_of(id) != function || !setup.payload.check(id, data) {
+                            bail!("worker got job {id} with wrong function or data: {p:?}");
+                        }
+                        res.ids.push(id);
+                    } else if !setup.functions.iter().any(|f| f == function)
+                        || data.len() != setup.payload.len()
+                    {
+                        bail!("worker got a job that is not ours: {p:?}");
+                    }
+                    conn.push(Command::WorkComplete, &[handle, data]);
+                    conn.push(Command::GrabJobUniq, &[]);
+                    res.jobs += 1;
+                    COUNTERS.worker_jobs.fetch_add(1, Relaxed);
+                    progress.job_done();
+                }
+                Command::NoJob => conn.push(Command::PreSleep, &[]),
+                Command::Noop => conn.push(Command::GrabJobUniq, &[]),
+                _ => return Err(unexpected(&p, "worker")),
+            }
+        }
+    }
+    // Every job is done: make sure our WORK_COMPLETEs were handled, and that no
+    // further job shows up.
+    conn.sync(|p| match p.command {
+        Command::NoJob | Command::Noop => Ok(()),
+        Command::JobAssignUniq => bail!("a job was assigned after all jobs were done: {p:?}"),
+        _ => Err(unexpected(p, "worker")),
+    })
+    .await?;
+    Ok(res)
+}
+
+async fn connect_all(addr: SocketAddr, n: usize) -> Result<Vec<Conn>> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(Conn::connect(addr).await?);
+    }
+    Ok(v)
+}
+
+/// Running worker tasks, and the results of those that already ended.
+struct Workers {
+    set: JoinSet<Result<WorkerResult>>,
+    finished: Vec<WorkerResult>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Workers {
+    /// Connects and registers `n` workers, then starts their loops.
+    async fn start(setup: &Arc<Setup>, progress: &Arc<Progress>, n: usize) -> Result<Workers> {
+        let conns = register_workers(setup, n).await?;
+        Ok(Workers::spawn_on(conns, setup, progress))
+    }
+
+    /// Starts a worker loop on each (registered) connection.
+    fn spawn_on(conns: Vec<Conn>, setup: &Arc<Setup>, progress: &Arc<Progress>) -> Workers {
+        let mut set = JoinSet::new();
+        for conn in conns {
+            set.spawn(worker(conn, setup.clone(), progress.clone(), progress.stop.subscribe()));
+        }
+        Workers { set, finished: Vec::new(), stop: progress.stop.subscribe() }
+    }
+
+    /// Fails as soon as a worker ends with an error, or ends before the stop signal;
+    /// pending forever otherwise (results of workers that ended are kept).
+    async fn watch(&mut self) -> Result<()> {
+        loop {
+            match self.set.join_next().await {
+                None => std::future::pending().await,
+                Some(r) => {
+                    self.finished.push(r.context("worker task")??);
+                    if !*self.stop.borrow() {
+                        bail!("a worker stopped before the jobs were done");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the stop signal, failing early if a worker fails.
+    async fn until_stopped(&mut self) -> Result<()> {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => Ok(()),
+            r = self.watch() => r,
+        }
+    }
+
+    /// Waits for every worker and returns all results.
+    async fn join(mut self) -> Result<Vec<WorkerResult>> {
+        while let Some(r) = self.set.join_next().await {
+            self.finished.push(r.context("worker task")??);
+        }
+        Ok(self.finished)
+    }
+}
+
+async fn register_workers(setup: &Setup, n: usize) -> Result<Vec<Conn>> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(register_worker(setup).await?);
+    }
+    Ok(conns)
+}
+
+/// Runs clients on `conns` until their tickets run out, failing early if a worker fails.
+/// Returns the merged results and the elapsed time.
+async fn run_clients(
+    conns: Vec<Conn>,
+    sh: Arc<ClientShared>,
+    workers: Option<&mut Workers>,
+) -> Result<(u64, Histogram<u64>, Duration)> {
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for conn in conns {
+        set.spawn(client(conn, sh.clone()));
+    }
+    let mut done = 0u64;
+    let mut hist = new_histogram();
+    let mut workers = workers;
+    loop {
+        let next = async {
+            match workers.as_deref_mut() {
+                Some(w) => w.watch().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = set.join_next() => match r {
+                None => break,
+                Some(r) => {
+                    let r = r.context("client task")??;
+                    done += r.done;
+                    hist.add(&r.hist).context("merging histograms")?;
+                }
+            },
+            r = next => r?,
+        }
+    }
+    Ok((done, hist, start.elapsed()))
+}
+
+/// Checks workers' counts and ids against `expected` jobs, then that the queue is empty.
+async fn verify(setup: &Setup, workers: Vec<WorkerResult>, expected: u64) -> Result<String> {
+    let seen: u64 = workers.iter().map(|w| w.jobs).sum();
+    ensure!(seen == expected, "workers completed {seen} jobs, {expected} were submitted");
+    let how = if setup.ids_recoverable() {
+        let mut ids: Vec<u64> = workers.into_iter().flat_map(|w| w.ids).collect();
+        check_exactly_once(&mut ids, expected).map_err(anyhow::Error::msg)?;
+        "each job handed to a worker exactly once (by id)"
+    } else {
+        "worker job count matches (payload < 8 B and no unique: ids not checked)"
+    };
+    admin::check_empty(setup.addr, &setup.functions).await?;
+    Ok(format!("{expected} jobs; {how}; status shows no job left"))
+}
+
+fn run_id() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mixed = (nanos ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    format!("{:012x}", mixed >> 16)
+}
+
+/// Runs the scenario chosen by `opts`.
+pub(crate) async fn run(opts: &Opts, threads: usize) -> Result<Report> {
+    ensure!(opts.clients >= 1, "--clients must be at least 1");
+    ensure!(opts.window >= 1, "--window must be at least 1");
+    ensure!(opts.functions >= 1, "--functions must be at least 1");
+    let needs_workers = matches!(opts.scenario, Scenario::Fg | Scenario::Drain | Scenario::BgE2e)
+        || (opts.scenario == Scenario::BgSubmit && !opts.no_drain);
+    ensure!(!needs_workers || opts.workers >= 1, "--workers must be at least 1");
+    let addr = (opts.host.as_str(), opts.port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {}:{}", opts.host, opts.port))?
+        .next()
+        .context("host has no address")?;
+    let id = opts.run_id.clone().unwrap_or_else(run_id);
+    // FNV-1a of the run id seeds the payload pattern.
+    let seed =
+        id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let setup = Arc::new(Setup {
+        addr,
+        functions: (0..opts.functions).map(|i| format!("{}-{id}-{i}", opts.prefix).into_bytes()).collect(),
+        run_id: id.clone(),
+        payload: Payload::new(opts.payload, seed),
+        unique: opts.unique,
+    });
+    let mut report = Report::new(opts, addr.to_string(), id, threads);
+    let client_shared = |mode| {
+        Arc::new(ClientShared {
+            setup: setup.clone(),
+            mode,
+            window: opts.window,
+            tickets: Tickets::new(opts.job_count(), opts.seconds),
+        })
+    };
+
+    match opts.scenario {
+        Scenario::Echo => {
+            let conns = connect_all(addr, opts.clients).await?;
+            let sh = client_shared(ClientMode::Echo);
+            let (done, hist, elapsed) = run_clients(conns, sh.clone(), None).await?;
+            ensure!(done == sh.tickets.issued(), "{done} echoes answered, {} sent", sh.tickets.issued());
+            report.unit = "echoes";
+            report.ops = done;
+            report.seconds = elapsed.as_secs_f64();
+            report.latency = Summary::of(&hist).map(|s| ("ECHO_REQ->ECHO_RES", s));
+            report.verified = format!("{done} echoes, each returned its own data");
+        }
+        Scenario::Fg => {
+            let progress = Progress::new();
+            let mut workers = Workers::start(&setup, &progress, opts.workers).await?;
+            let conns = connect_all(addr, opts.clients).await?;
+            let sh = client_shared(ClientMode::Fg);
+            let (done, hist, elapsed) = run_clients(conns, sh.clone(), Some(&mut workers)).await?;
+            progress.finish();
+            let issued = sh.tickets.issued();
+            ensure!(done == issued, "{done} jobs completed, {issued} submitted");
+            let results = workers.join().await?;
+            let v = verify(&setup, results, issued).await?;
+            report.ops = done;
+            report.seconds = elapsed.as_secs_f64();
+            report.latency = Summary::of(&hist).map(|s| ("SUBMIT_JOB->WORK_COMPLETE", s));
+            report.verified = format!("every client got its own data back; {v}");
+        }
+        Scenario::BgSubmit | Scenario::Drain => {
+            let conns = connect_all(addr, opts.clients).await?;
+            let sh = client_shared(ClientMode::Bg);
+            let (done, hist, submit_time) = run_clients(conns, sh.clone(), None).await?;
+            let issued = sh.tickets.issued();
+            ensure!(done == issued, "{done} JOB_CREATED received, {issued} submitted");
+            let submit_secs = submit_time.as_secs_f64();
+            report.latency = Summary::of(&hist).map(|s| ("SUBMIT_JOB_BG->JOB_CREATED", s));
+            if opts.scenario == Scenario::BgSubmit && opts.no_drain {
+                report.unit = "submits";
+                report.ops = done;
+                report.seconds = submit_secs;
+                report.verified = format!("{done} JOB_CREATED; jobs left queued (--no-drain)");
+                return Ok(report);
+            }
+            let progress = Progress::new();
+            progress.set_target(issued);
+            // Register first, so the clock covers only grabbing and completing.
+            let conns = register_workers(&setup, opts.workers).await?;
+            let start = Instant::now();
+            let mut workers = Workers::spawn_on(conns, &setup, &progress);
+            workers.until_stopped().await?;
+            let drain_secs = progress.end().duration_since(start).as_secs_f64();
+            let results = workers.join().await?;
+            let v = verify(&setup, results, issued).await?;
+            if opts.scenario == Scenario::BgSubmit {
+                report.unit = "submits";
+                report.ops = done;
+                report.seconds = submit_secs;
+                report.verified = format!("drained afterwards in {drain_secs:.3} s (untimed); {v}");
+            } else {
+                report.ops = issued;
+                report.seconds = drain_secs;
+                report.submit = Some((done, submit_secs));
+                report.verified = v;
+            }
+        }
+        Scenario::BgE2e => {
+            let progress = Progress::new();
+            let mut workers = Workers::start(&setup, &progress, opts.workers).await?;
+            let conns = connect_all(addr, opts.clients).await?;
+            let sh = client_shared(ClientMode::Bg);
+            let start = Instant::now();
+            let (done, hist, submit_time) = run_clients(conns, sh.clone(), Some(&mut workers)).await?;
+            let issued = sh.tickets.issued();
+            ensure!(done == issued, "{done} JOB_CREATED received, {issued} submitted");
+            progress.set_target(issued);
+            workers.until_stopped().await?;
+            let secs = progress.end().duration_since(start).as_secs_f64();
+            let results = workers.join().await?;
+            let v = verify(&setup, results, issued).await?;
+            report.ops = issued;
+            report.seconds = secs;
+            report.submit = Some((done, submit_time.as_secs_f64()));
+            report.latency = Summary::of(&hist).map(|s| ("SUBMIT_JOB_BG->JOB_CREATED", s));
+            report.verified = v;
+        }
+    }
+    Ok(report)
+}
