@@ -13,8 +13,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod config;
 mod conn;
 mod core;
+pub mod logging;
 mod outbound;
 mod server;
 

@@ -1,1 +1,92 @@
-fn main() {}
+//! `gearmand`: the drop-in job server binary. Everything but process setup lives in
+//! the `gearman_server` library.
+
+use gearman_server::config::{self, Config};
+use gearman_server::{logging, EngineConfig, Keepalive, Server, ServerConfig};
+
+fn main() {
+    let cfg = config::from_args_or_exit();
+    if let Err(e) = cfg.prepare_process() {
+        fail(&e.message, e.exit_code);
+    }
+    // Kept alive until exit: dropping it removes the pid file.
+    let _pid_file = cfg.write_pid_file().unwrap_or_else(|e| fail(&e.message, e.exit_code));
+    let log = logging::init(&cfg).unwrap_or_else(|e| fail(&e.to_string(), 1));
+    let threads = match cfg.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n as usize,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("gearmand")
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(&format!("could not start the runtime: {e}"), 1));
+    if let Err(e) = runtime.block_on(serve(&cfg, log)) {
+        fail(&e.to_string(), 1);
+    }
+}
+
+fn fail(message: &str, code: i32) -> ! {
+    eprintln!("gearmand: {message}");
+    std::process::exit(code);
+}
+
+/// Maps the command line onto the library's configuration.
+fn server_config(cfg: &Config) -> ServerConfig {
+    let defaults = EngineConfig::default();
+    let prefix = cfg.job_handle_prefix.clone().unwrap_or_else(|| {
+        let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok());
+        format!("H:{}", host.unwrap_or_else(|| "localhost".into()))
+    });
+    let positive = |v: i32| u32::try_from(v).ok();
+    ServerConfig {
+        listen: cfg.listen.clone(),
+        port: cfg.port,
+        backlog: u32::try_from(cfg.backlog).unwrap_or(32),
+        engine: EngineConfig {
+            handle_prefix: prefix,
+            job_retries: cfg.job_retries,
+            worker_wakeup: cfg.worker_wakeup,
+            round_robin: cfg.round_robin,
+            exceptions: cfg.exceptions,
+            verbose: cfg.verbose.as_str().to_string(),
+            ..defaults
+        },
+        limits: gearman_proto::Limits { max_packet_bytes: cfg.max_packet_size, ..Default::default() },
+        keepalive: cfg.keepalive.then(|| Keepalive {
+            idle_secs: positive(cfg.keepalive_idle),
+            interval_secs: positive(cfg.keepalive_interval),
+            count: positive(cfg.keepalive_count),
+        }),
+        ..ServerConfig::default()
+    }
+}
+
+async fn serve(cfg: &Config, log: logging::LogHandle) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let server = Server::bind(server_config(cfg)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let handle = server.handle();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    // SIGPIPE is already ignored by the Rust runtime, as gearmand ignores it.
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); handle.shutdown() }
+                _ = int.recv() => { tracing::info!("SIGINT received, shutting down"); handle.shutdown() }
+                _ = usr1.recv() => { tracing::info!("SIGUSR1 received, draining"); handle.drain() }
+                _ = hup.recv() => {
+                    if let Err(e) = log.reopen() {
+                        tracing::error!("could not reopen the log file: {e}");
+                    }
+                }
+            }
+        }
+    });
+    server.run().await?;
+    Ok(())
+}
