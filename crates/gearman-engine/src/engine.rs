@@ -337,7 +337,7 @@ impl Engine {
     fn detach_listener(&mut self, jid: JobId, seq: u64, conn: ConnId) {
         let Some(job) = self.jobs.get_mut(jid).filter(|j| j.seq == seq) else { return };
         job.listeners.retain(|&c| c != conn);
-        if job.listeners.is_empty() && !job.background {
+        if job.listeners.is_empty() && !job.background && !job.bg_joined {
             job.abandoned = true;
         }
     }

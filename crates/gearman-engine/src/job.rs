@@ -70,6 +70,9 @@ pub(crate) struct Job {
     pub(crate) retries: u32,
     pub(crate) numerator: u32,
     pub(crate) denominator: u32,
+    /// A background submit joined this (foreground) job: it must run even when every
+    /// foreground listener leaves.
+    pub(crate) bg_joined: bool,
     /// Nobody wants the result any more (cancelled, or a foreground job whose clients
     /// all left): discarded when a worker next reaches it.
     pub(crate) abandoned: bool,

@@ -16,6 +16,9 @@ mod session;
 mod submit;
 mod work;
 
+#[cfg(test)]
+mod tests;
+
 pub use config::EngineConfig;
 pub use engine::{Engine, PeerInfo};
 pub use job::Priority;

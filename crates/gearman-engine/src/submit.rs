@@ -95,6 +95,7 @@ impl Engine {
             retries: 0,
             numerator: 0,
             denominator: 0,
+            bg_joined: false,
             abandoned: false,
             assignments: 0,
         };
@@ -131,7 +132,12 @@ impl Engine {
     /// (reviving the job if everyone had left) and answer with the existing handle.
     fn join(&mut self, jid: usize, conn: ConnId, background: bool, out: &mut dyn Outbox) {
         let Some(job) = self.jobs.get_mut(jid) else { return };
-        if !background {
+        if background {
+            // gearmand lets the job be discarded when its foreground clients leave,
+            // though this submitter was told it exists.
+            job.bg_joined = true;
+            job.abandoned = false;
+        } else {
             job.listeners.insert(0, conn);
             // gearmand leaves the flag set and the new client hangs (§4.10 [bug]).
             job.abandoned = false;

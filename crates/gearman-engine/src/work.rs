@@ -75,6 +75,9 @@ impl Engine {
     }
 
     pub(crate) fn pre_sleep(&mut self, conn: ConnId, now: NowMs, out: &mut dyn Outbox) {
+        // Awake while promoting due epoch jobs, so a connection that already slept is
+        // not woken by them and then answered with a second NOOP below.
+        let was_sleeping = self.sessions.get_mut(conn).is_some_and(|s| std::mem::take(&mut s.sleeping));
         self.promote_due(now, out);
         let has_work = self.sessions.get(conn).is_some_and(|s| {
             s.abilities.iter().any(|a| {
@@ -84,6 +87,9 @@ impl Engine {
             })
         });
         if has_work {
+            if let Some(s) = self.sessions.get_mut(conn) {
+                s.sleeping = was_sleeping;
+            }
             out.packet(conn, Command::Noop, &[]);
             return;
         }
@@ -93,10 +99,13 @@ impl Engine {
     }
 
     pub(crate) fn grab_job(&mut self, conn: ConnId, kind: Command, now: NowMs, out: &mut dyn Outbox) {
-        self.promote_due(now, out);
+        // Clear the sleep flags first: the epoch jobs promoted below must not NOOP the
+        // connection that is asking for work right now.
         let Some(s) = self.sessions.get_mut(conn) else { return };
         s.sleeping = false;
         s.noop_sent = false;
+        self.promote_due(now, out);
+        let Some(s) = self.sessions.get(conn) else { return };
         let order: Vec<FunctionId> = s.abilities.iter().map(|a| a.function).collect();
         for (pos, fid) in order.into_iter().enumerate() {
             if let Some(jid) = self.take_queued(fid) {

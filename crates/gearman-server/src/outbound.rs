@@ -1,7 +1,12 @@
 //! Each connection's outgoing bytes: the engine's replies are encoded straight into
 //! this buffer (under the engine lock, so order is the engine's order), and the
 //! connection's writer task drains it in as few writes as possible.
+//!
+//! A reply that must wait (JOB_CREATED for a background job until the store has
+//! committed it) holds a place in line: later output queues behind it, so a client
+//! always sees its replies in request order, while it may keep pipelining.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
@@ -10,10 +15,60 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// Output behind a held place: the place itself, or bytes queued after it.
+#[derive(Debug)]
+enum Held {
+    /// A reply not known yet, by hold id; `Some` once filled.
+    Place(u64, Option<BytesMut>),
+    /// Output that arrived after an earlier place was taken.
+    Bytes(BytesMut),
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Bytes the writer may send now.
+    ready: BytesMut,
+    /// Output waiting for the first unfilled place to be filled.
+    held: VecDeque<Held>,
+    /// Bytes in `ready` and `held`, for the budget.
+    bytes: usize,
+}
+
+impl Pending {
+    /// Where new output goes: straight to `ready` unless something is held.
+    fn tail(&mut self) -> &mut BytesMut {
+        if self.held.is_empty() {
+            return &mut self.ready;
+        }
+        if !matches!(self.held.back(), Some(Held::Bytes(_))) {
+            self.held.push_back(Held::Bytes(BytesMut::new()));
+        }
+        match self.held.back_mut() {
+            Some(Held::Bytes(b)) => b,
+            // Unreachable: a Bytes entry was pushed just above.
+            _ => &mut self.ready,
+        }
+    }
+
+    /// Moves filled places (and the bytes after them) into `ready`.
+    fn release(&mut self) {
+        while let Some(front) = self.held.front_mut() {
+            match front {
+                Held::Place(_, None) => return,
+                Held::Place(_, Some(b)) | Held::Bytes(b) => {
+                    let b = std::mem::take(b);
+                    self.ready.extend_from_slice(&b);
+                    self.held.pop_front();
+                }
+            }
+        }
+    }
+}
+
 /// The pending output of one connection.
 #[derive(Debug)]
 pub(crate) struct Outbound {
-    buf: Mutex<BytesMut>,
+    pending: Mutex<Pending>,
     /// Wakes the writer; a permit is stored if it is busy, so no wake-up is lost.
     pub(crate) ready: Notify,
     /// Close once the buffer is drained (admin protocol error, framing error).
@@ -28,7 +83,7 @@ pub(crate) struct Outbound {
 impl Outbound {
     pub(crate) fn new(max_bytes: usize, kill: CancellationToken) -> Outbound {
         Outbound {
-            buf: Mutex::new(BytesMut::with_capacity(4096)),
+            pending: Mutex::new(Pending { ready: BytesMut::with_capacity(4096), ..Default::default() }),
             ready: Notify::new(),
             closing: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
@@ -40,22 +95,54 @@ impl Outbound {
     /// Appends a response packet. Past the byte budget the connection is marked
     /// overflowed instead: one stalled peer must not grow the server's memory.
     pub(crate) fn packet(&self, command: Command, args: &[&[u8]]) {
-        let mut buf = self.buf.lock();
-        if buf.len() > self.max_bytes {
+        let mut p = self.pending.lock();
+        if p.bytes > self.max_bytes {
             self.overflow();
             return;
         }
-        encode_parts(Magic::Res, command, args, &mut buf);
+        let tail = p.tail();
+        let before = tail.len();
+        encode_parts(Magic::Res, command, args, tail);
+        let added = tail.len() - before;
+        p.bytes += added;
     }
 
     /// Appends raw text (admin replies).
     pub(crate) fn text(&self, text: &[u8]) {
-        let mut buf = self.buf.lock();
-        if buf.len() > self.max_bytes {
+        let mut p = self.pending.lock();
+        if p.bytes > self.max_bytes {
             self.overflow();
             return;
         }
-        buf.extend_from_slice(text);
+        p.tail().extend_from_slice(text);
+        p.bytes += text.len();
+    }
+
+    /// Takes a place in line for a reply that [`Outbound::fill`] gives later.
+    pub(crate) fn hold(&self, id: u64) {
+        self.pending.lock().held.push_back(Held::Place(id, None));
+    }
+
+    /// Gives the held place `id` its packet and releases what queued behind it.
+    /// Returns whether bytes became ready to write.
+    pub(crate) fn fill(&self, id: u64, command: Command, args: &[&[u8]]) -> bool {
+        let mut p = self.pending.lock();
+        let mut added = 0;
+        for h in p.held.iter_mut() {
+            if let Held::Place(hid, slot @ None) = h {
+                if *hid == id {
+                    let mut b = BytesMut::new();
+                    encode_parts(Magic::Res, command, args, &mut b);
+                    added = b.len();
+                    *slot = Some(b);
+                    break;
+                }
+            }
+        }
+        p.bytes += added;
+        let before = p.ready.len();
+        p.release();
+        p.ready.len() > before
     }
 
     fn overflow(&self) {
@@ -70,13 +157,63 @@ impl Outbound {
         self.closing.store(true, Ordering::Relaxed);
     }
 
-    /// Swaps the pending bytes into `into` (which must be empty), keeping both
+    /// Swaps the bytes ready to send into `into` (which must be empty), keeping both
     /// allocations alive for reuse.
     pub(crate) fn take(&self, into: &mut BytesMut) {
-        std::mem::swap(&mut *self.buf.lock(), into);
+        let mut p = self.pending.lock();
+        std::mem::swap(&mut p.ready, into);
+        p.bytes = p.bytes.saturating_sub(into.len());
+    }
+
+    /// Whether nothing is held back waiting for a place to be filled.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.pending.lock().held.is_empty()
     }
 
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(o: &Outbound) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        o.take(&mut b);
+        b.to_vec()
+    }
+
+    #[test]
+    fn held_place_keeps_request_order() {
+        let o = Outbound::new(1 << 20, CancellationToken::new());
+        o.text(b"a");
+        o.hold(7);
+        o.text(b"b");
+        o.hold(8);
+        o.text(b"c");
+        assert_eq!(drain(&o), b"a");
+        // Filling the second place first releases nothing.
+        assert!(!o.fill(8, Command::Noop, &[]));
+        assert_eq!(drain(&o), b"");
+        assert!(o.fill(7, Command::Noop, &[]));
+        let noop = b"\0RES\0\0\0\x06\0\0\0\0";
+        let mut want = noop.to_vec();
+        want.extend_from_slice(b"b");
+        want.extend_from_slice(noop);
+        want.extend_from_slice(b"c");
+        assert_eq!(drain(&o), want);
+        assert!(o.is_settled());
+    }
+
+    #[test]
+    fn budget_counts_held_bytes() {
+        let kill = CancellationToken::new();
+        let o = Outbound::new(10, kill.clone());
+        o.hold(1);
+        o.text(&[0u8; 11]);
+        o.text(b"x");
+        assert!(kill.is_cancelled());
     }
 }
