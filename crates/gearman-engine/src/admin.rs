@@ -229,6 +229,11 @@ impl Engine {
                 s.listening.retain(|&(j, q)| !(j == jid && q == seq));
             }
         }
+        // Cancelled means gone for the store too (gearmand removes the row here). A
+        // job still being stored is forgotten when a worker reaches and discards it.
+        if state != JobState::Persisting {
+            self.unstore(jid, out);
+        }
         // A new submit with the same unique must start a new job, not join this one.
         if let Some(key) = key {
             if self.coalesce.get(&(fid, key.clone())) == Some(&jid) {
@@ -237,7 +242,7 @@ impl Engine {
         }
         if state == JobState::Scheduled {
             // Nothing will ever reach a scheduled job through a queue: drop it now.
-            self.remove_job(jid);
+            self.remove_job(jid, out);
         }
         OK.to_vec()
     }

@@ -19,6 +19,8 @@ pub struct EngineConfig {
     pub pid: u32,
     /// Level name for the `verbose` admin reply (`--verbose`).
     pub verbose: String,
+    /// Background jobs are stored before JOB_CREATED (a persistent queue is set).
+    pub persistent: bool,
 }
 
 impl Default for EngineConfig {
@@ -32,6 +34,7 @@ impl Default for EngineConfig {
             version: format!("1.1.20+gearman-rs.{}", env!("CARGO_PKG_VERSION")),
             pid: std::process::id(),
             verbose: "ERROR".into(),
+            persistent: false,
         }
     }
 }

@@ -44,6 +44,11 @@ pub struct Engine {
     pub(crate) work_timers: BinaryHeap<Deadline>,
     pub(crate) next_seq: u64,
     pub(crate) next_order: u64,
+    /// Stored jobs by store key, to route the store's answers.
+    pub(crate) by_store_key: HashMap<u64, JobId>,
+    pub(crate) next_store_key: u64,
+    /// Ids of places held in reply order (see [`Outbox::hold`]).
+    pub(crate) next_hold: u64,
 }
 
 impl Engine {
@@ -62,6 +67,9 @@ impl Engine {
             work_timers: BinaryHeap::new(),
             next_seq: 1,
             next_order: 0,
+            by_store_key: HashMap::new(),
+            next_store_key: 1,
+            next_hold: 1,
         }
     }
 
@@ -259,10 +267,11 @@ impl Engine {
     }
 
     /// Removes a job for good: from every index, counter and session list.
-    pub(crate) fn remove_job(&mut self, jid: JobId) {
+    pub(crate) fn remove_job(&mut self, jid: JobId, out: &mut dyn Outbox) {
         if !self.jobs.contains(jid) {
             return;
         }
+        self.unstore(jid, out);
         let job = self.jobs.remove(jid);
         self.handles.remove(&job.handle);
         if let Some(key) = job.coalesce {
@@ -288,7 +297,7 @@ impl Engine {
                     }
                 }
                 JobState::Scheduled => f.scheduled = f.scheduled.saturating_sub(1),
-                JobState::Queued => {}
+                JobState::Queued | JobState::Persisting => {}
             }
         }
         for c in job.listeners {
@@ -310,7 +319,7 @@ impl Engine {
         job.retries = job.retries.saturating_add(1);
         let fid = job.function;
         if job.abandoned {
-            self.remove_job(jid);
+            self.remove_job(jid, out);
             return;
         }
         if retries_limit > 0 && job.retries >= retries_limit {
@@ -318,7 +327,7 @@ impl Engine {
             for &c in &job.listeners {
                 out.packet(c, Command::WorkFail, &[&handle]);
             }
-            self.remove_job(jid);
+            self.remove_job(jid, out);
             return;
         }
         job.numerator = 0;

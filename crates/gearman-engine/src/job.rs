@@ -31,6 +31,9 @@ impl Priority {
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JobState {
+    /// A background job the store has not committed yet: not runnable, and its
+    /// submitters wait for JOB_CREATED.
+    Persisting,
     /// In its function's queue for its priority.
     Queued,
     /// An epoch job waiting for its time (not in any queue yet).
@@ -62,6 +65,12 @@ pub(crate) struct Job {
     pub(crate) reducer: Bytes,
     pub(crate) priority: Priority,
     pub(crate) background: bool,
+    /// Epoch seconds at which the job may run; 0 = now.
+    pub(crate) when: i64,
+    /// The job's key in the persistent store, while it is stored there.
+    pub(crate) store_key: Option<u64>,
+    /// Submitters waiting for JOB_CREATED while the job is `Persisting`: (conn, hold).
+    pub(crate) created_waiters: Vec<(ConnId, u64)>,
     pub(crate) state: JobState,
     /// Foreground connections waiting for results, newest first; a connection that
     /// submitted twice is listed twice, as in gearmand.

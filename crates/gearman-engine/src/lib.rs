@@ -13,6 +13,7 @@ mod function;
 mod job;
 mod outbox;
 mod session;
+mod store;
 mod submit;
 mod work;
 
@@ -23,6 +24,7 @@ pub use config::EngineConfig;
 pub use engine::{Engine, PeerInfo};
 pub use job::Priority;
 pub use outbox::{Outbox, RecordingOutbox, Sent};
+pub use store::StoredJob;
 
 /// Identifies one connection for the engine's lifetime (slab key; reused after close).
 pub type ConnId = usize;

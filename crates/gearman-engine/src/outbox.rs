@@ -3,7 +3,7 @@
 
 use gearman_proto::Command;
 
-use crate::ConnId;
+use crate::{ConnId, StoredJob};
 
 /// Receives everything the engine wants sent or closed, in order per connection.
 pub trait Outbox {
@@ -13,6 +13,15 @@ pub trait Outbox {
     fn text(&mut self, conn: ConnId, text: &[u8]);
     /// Close `conn` after what was already queued for it is written.
     fn close(&mut self, conn: ConnId);
+    /// Take a place in `conn`'s reply order for a packet given later by `fill`.
+    fn hold(&mut self, conn: ConnId, hold: u64);
+    /// Give the place taken by `hold` its packet.
+    fn fill(&mut self, conn: ConnId, hold: u64, command: Command, args: &[&[u8]]);
+    /// Ask the store to save a background job; the answer comes back through
+    /// [`crate::Engine::persisted`].
+    fn persist(&mut self, job: StoredJob);
+    /// Ask the store to forget a job (done, failed, cancelled).
+    fn forget(&mut self, key: u64);
 }
 
 /// One recorded output, for tests.
@@ -24,6 +33,14 @@ pub enum Sent {
     Text(ConnId, Vec<u8>),
     /// A close request.
     Close(ConnId),
+    /// A place held in a connection's reply order.
+    Hold(ConnId, u64),
+    /// The packet that fills a held place.
+    Fill(ConnId, u64, Command, Vec<Vec<u8>>),
+    /// A job to store.
+    Persist(StoredJob),
+    /// A stored job to forget.
+    Forget(u64),
 }
 
 /// An [`Outbox`] that records everything, for tests and tools.
@@ -49,5 +66,17 @@ impl Outbox for RecordingOutbox {
     }
     fn close(&mut self, conn: ConnId) {
         self.sent.push(Sent::Close(conn));
+    }
+    fn hold(&mut self, conn: ConnId, hold: u64) {
+        self.sent.push(Sent::Hold(conn, hold));
+    }
+    fn fill(&mut self, conn: ConnId, hold: u64, command: Command, args: &[&[u8]]) {
+        self.sent.push(Sent::Fill(conn, hold, command, args.iter().map(|a| a.to_vec()).collect()));
+    }
+    fn persist(&mut self, job: StoredJob) {
+        self.sent.push(Sent::Persist(job));
+    }
+    fn forget(&mut self, key: u64) {
+        self.sent.push(Sent::Forget(key));
     }
 }

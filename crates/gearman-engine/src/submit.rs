@@ -7,7 +7,8 @@ use bytes::Bytes;
 use gearman_proto::{Command, Packet};
 
 use crate::engine::error;
-use crate::job::{CoalesceKey, Job, JobState};
+use crate::function::FunctionId;
+use crate::job::{CoalesceKey, Job, JobId, JobState};
 use crate::session::MAX_CLIENT_ID_BYTES;
 use crate::{ConnId, Engine, NowMs, Outbox, Priority};
 
@@ -76,10 +77,63 @@ impl Engine {
                 return;
             }
         }
+        let future = when > 0 && when.saturating_mul(1000) > now;
+        let jid = self.create_job(fid, unique, key, data, reducer, k.priority, k.background, when);
+        let Some(job) = self.jobs.get_mut(jid) else { return };
+        let (seq, handle) = (job.seq, job.handle.clone());
+        if !k.background {
+            job.listeners.push(conn);
+            if let Some(s) = self.sessions.get_mut(conn) {
+                s.listening.push((jid, seq));
+            }
+        }
+        if k.background && self.config.persistent {
+            // Durable before acknowledged: JOB_CREATED waits for the store's commit,
+            // holding this connection's place in reply order meanwhile.
+            let key = self.next_key();
+            let hold = self.next_hold_id();
+            if let Some(job) = self.jobs.get_mut(jid) {
+                job.store_key = Some(key);
+                job.state = JobState::Persisting;
+                job.created_waiters.push((conn, hold));
+            }
+            self.by_store_key.insert(key, jid);
+            out.hold(conn, hold);
+            if let Some(record) = self.stored_job(jid) {
+                out.persist(record);
+            }
+            return;
+        }
+        out.packet(conn, Command::JobCreated, &[&handle]);
+        if future {
+            if let Some(job) = self.jobs.get_mut(jid) {
+                job.state = JobState::Scheduled;
+            }
+            if let Some(f) = self.functions.get_mut(fid) {
+                f.scheduled += 1;
+            }
+            self.epoch_timers.push(Reverse((when.saturating_mul(1000), jid, seq, 0)));
+        } else {
+            self.enqueue(jid, out);
+        }
+    }
+
+    /// Creates a job and files it in every index; the caller queues or stores it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn create_job(
+        &mut self,
+        fid: FunctionId,
+        unique: Bytes,
+        key: Option<CoalesceKey>,
+        data: Bytes,
+        reducer: Bytes,
+        priority: Priority,
+        background: bool,
+        when: i64,
+    ) -> JobId {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         let handle = Bytes::from(format!("{}:{}", self.config.handle_prefix, seq));
-        let future = when > 0 && when.saturating_mul(1000) > now;
         let job = Job {
             seq,
             handle: handle.clone(),
@@ -88,10 +142,13 @@ impl Engine {
             coalesce: key.clone(),
             data,
             reducer,
-            priority: k.priority,
-            background: k.background,
-            state: if future { JobState::Scheduled } else { JobState::Queued },
-            listeners: if k.background { Vec::new() } else { vec![conn] },
+            priority,
+            background,
+            when,
+            store_key: None,
+            created_waiters: Vec::new(),
+            state: JobState::Queued,
+            listeners: Vec::new(),
             retries: 0,
             numerator: 0,
             denominator: 0,
@@ -100,7 +157,7 @@ impl Engine {
             assignments: 0,
         };
         let jid = self.jobs.insert(job);
-        self.handles.insert(handle.clone(), jid);
+        self.handles.insert(handle, jid);
         if let Some(key) = key {
             self.coalesce.insert((fid, key), jid);
         }
@@ -109,23 +166,16 @@ impl Engine {
         if !unique.is_empty() && &unique[..] != b"-" {
             self.by_unique.entry(unique).or_default().push(jid);
         }
-        if !k.background {
-            if let Some(s) = self.sessions.get_mut(conn) {
-                s.listening.push((jid, seq));
-            }
-        }
         if let Some(f) = self.functions.get_mut(fid) {
             f.total += 1;
-            if future {
-                f.scheduled += 1;
-            }
         }
-        out.packet(conn, Command::JobCreated, &[&handle]);
-        if future {
-            self.epoch_timers.push(Reverse((when.saturating_mul(1000), jid, seq, 0)));
-        } else {
-            self.enqueue(jid, out);
-        }
+        jid
+    }
+
+    fn next_hold_id(&mut self) -> u64 {
+        let h = self.next_hold;
+        self.next_hold = self.next_hold.wrapping_add(1);
+        h
     }
 
     /// A submit that matched a live job: attach a foreground submitter as a listener
@@ -145,6 +195,15 @@ impl Engine {
             if let Some(s) = self.sessions.get_mut(conn) {
                 s.listening.push((jid, seq));
             }
+        }
+        if self.jobs.get(jid).is_some_and(|j| j.is_persisting()) {
+            // Answered with the original submitter once the store has committed.
+            let hold = self.next_hold_id();
+            if let Some(job) = self.jobs.get_mut(jid) {
+                job.created_waiters.push((conn, hold));
+            }
+            out.hold(conn, hold);
+            return;
         }
         let Some(job) = self.jobs.get(jid) else { return };
         out.packet(conn, Command::JobCreated, &[&job.handle]);

@@ -1806,7 +1806,15 @@ impl Model {
     /// Checks outputs that any operation may produce.
     fn judge(&self, sent: &[Sent]) -> Result<(), TestCaseError> {
         for s in sent {
-            let (Sent::Packet(c, ..) | Sent::Text(c, _) | Sent::Close(c)) = s;
+            let (Sent::Packet(c, ..)
+            | Sent::Text(c, _)
+            | Sent::Close(c)
+            | Sent::Hold(c, _)
+            | Sent::Fill(c, ..)) = s
+            else {
+                // The engine under test has no store, so it never persists or forgets.
+                return Err(TestCaseError::fail(format!("store operation without a store: {s:?}")));
+            };
             prop_assert!(*c == ADMIN || self.live.contains(c), "output to a closed connection: {s:?}");
             if let Sent::Packet(c, command, args) = s {
                 match command {

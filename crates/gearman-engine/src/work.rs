@@ -108,7 +108,7 @@ impl Engine {
         let Some(s) = self.sessions.get(conn) else { return };
         let order: Vec<FunctionId> = s.abilities.iter().map(|a| a.function).collect();
         for (pos, fid) in order.into_iter().enumerate() {
-            if let Some(jid) = self.take_queued(fid) {
+            if let Some(jid) = self.take_queued(fid, out) {
                 if self.config.round_robin {
                     if let Some(s) = self.sessions.get_mut(conn) {
                         if pos < s.abilities.len() {
@@ -126,14 +126,14 @@ impl Engine {
 
     /// Pops the first wanted job of a function, highest priority first, discarding
     /// abandoned jobs on the way (gearmand discards them at this point too).
-    fn take_queued(&mut self, fid: FunctionId) -> Option<JobId> {
+    fn take_queued(&mut self, fid: FunctionId, out: &mut dyn Outbox) -> Option<JobId> {
         for prio in 0..3 {
             loop {
                 let entry = self.functions.get_mut(fid)?.queues.get_mut(prio)?.pop_front();
                 let Some((jid, seq)) = entry else { break };
                 let Some(job) = self.live_job(jid, seq) else { continue };
                 if job.abandoned {
-                    self.remove_job(jid);
+                    self.remove_job(jid, out);
                     continue;
                 }
                 return Some(jid);
@@ -216,14 +216,14 @@ impl Engine {
                 for &c in &job.listeners {
                     out.packet(c, Command::WorkComplete, &[p.arg(0), p.arg(1)]);
                 }
-                self.remove_job(jid);
+                self.remove_job(jid, out);
             }
             Command::WorkFail => {
                 // Forwarded byte for byte, a trailing NUL included (quirk Q2).
                 for &c in &job.listeners {
                     out.packet(c, Command::WorkFail, &[raw_handle]);
                 }
-                self.remove_job(jid);
+                self.remove_job(jid, out);
             }
             Command::WorkException => {
                 for &c in &job.listeners {
@@ -234,7 +234,7 @@ impl Engine {
                         out.packet(c, Command::WorkFail, &[handle]);
                     }
                 }
-                self.remove_job(jid);
+                self.remove_job(jid, out);
             }
             _ => {}
         }

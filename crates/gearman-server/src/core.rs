@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use gearman_engine::{ConnId, Engine, Outbox};
+use gearman_engine::{ConnId, Engine, Outbox, StoredJob};
 use gearman_proto::Command;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -20,6 +20,17 @@ pub(crate) struct Core {
     pub(crate) engine: Engine,
     /// Indexed by `ConnId` (the engine's slab keys are small and dense).
     pub(crate) routes: Vec<Option<Arc<Outbound>>>,
+    /// Store work the engine asked for, handed to the store task after the lock.
+    pub(crate) store_ops: Vec<StoreOp>,
+}
+
+/// One request for the persistent store.
+#[derive(Debug)]
+pub(crate) enum StoreOp {
+    /// Save a background job, then report back with `Engine::persisted`.
+    Add(StoredJob),
+    /// Forget a job.
+    Remove(u64),
 }
 
 /// State shared by every task of one server.
@@ -29,14 +40,20 @@ pub(crate) struct Shared {
     pub(crate) timer_wake: Notify,
     /// The deadline the timer task sleeps until (ms), `i64::MAX` for none.
     pub(crate) timer_due: AtomicI64,
+    /// Where store work goes (none without a persistent queue).
+    pub(crate) store_tx: Option<tokio::sync::mpsc::UnboundedSender<Vec<StoreOp>>>,
 }
 
 impl Shared {
-    pub(crate) fn new(engine: Engine) -> Shared {
+    pub(crate) fn new(
+        engine: Engine,
+        store_tx: Option<tokio::sync::mpsc::UnboundedSender<Vec<StoreOp>>>,
+    ) -> Shared {
         Shared {
-            core: Mutex::new(Core { engine, routes: Vec::new() }),
+            core: Mutex::new(Core { engine, routes: Vec::new(), store_ops: Vec::new() }),
             timer_wake: Notify::new(),
             timer_due: AtomicI64::new(i64::MAX),
+            store_tx,
         }
     }
 
@@ -44,13 +61,19 @@ impl Shared {
     /// the writers that got output and, if needed, the timer task.
     pub(crate) fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, &mut Router<'_>) -> R) -> R {
         let mut touched = Vec::new();
-        let (result, next) = {
+        let (result, next, ops) = {
             let mut core = self.core.lock();
-            let Core { engine, routes } = &mut *core;
-            let mut router = Router { routes, touched: &mut touched };
+            let Core { engine, routes, store_ops } = &mut *core;
+            let mut router = Router { routes, touched: &mut touched, store_ops };
             let r = f(engine, &mut router);
-            (r, engine.next_deadline())
+            (r, engine.next_deadline(), std::mem::take(store_ops))
         };
+        if !ops.is_empty() {
+            if let Some(tx) = &self.store_tx {
+                // The store task runs until the server stops; a send after that is moot.
+                let _ = tx.send(ops);
+            }
+        }
         for out in touched {
             out.ready.notify_one();
         }
@@ -77,6 +100,7 @@ impl Shared {
 pub(crate) struct Router<'a> {
     pub(crate) routes: &'a mut Vec<Option<Arc<Outbound>>>,
     touched: &'a mut Vec<Arc<Outbound>>,
+    store_ops: &'a mut Vec<StoreOp>,
 }
 
 impl Router<'_> {
@@ -107,6 +131,26 @@ impl Outbox for Router<'_> {
         if let Some(out) = self.route(conn) {
             out.close();
         }
+    }
+
+    fn hold(&mut self, conn: ConnId, hold: u64) {
+        if let Some(out) = self.routes.get(conn).and_then(Option::as_ref) {
+            out.hold(hold);
+        }
+    }
+
+    fn fill(&mut self, conn: ConnId, hold: u64, command: Command, args: &[&[u8]]) {
+        if let Some(out) = self.route(conn) {
+            out.fill(hold, command, args);
+        }
+    }
+
+    fn persist(&mut self, job: StoredJob) {
+        self.store_ops.push(StoreOp::Add(job));
+    }
+
+    fn forget(&mut self, key: u64) {
+        self.store_ops.push(StoreOp::Remove(key));
     }
 }
 

@@ -165,11 +165,6 @@ impl Outbound {
         p.bytes = p.bytes.saturating_sub(into.len());
     }
 
-    /// Whether nothing is held back waiting for a place to be filled.
-    pub(crate) fn is_settled(&self) -> bool {
-        self.pending.lock().held.is_empty()
-    }
-
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Relaxed)
     }
@@ -204,7 +199,7 @@ mod tests {
         want.extend_from_slice(noop);
         want.extend_from_slice(b"c");
         assert_eq!(drain(&o), want);
-        assert!(o.is_settled());
+        assert!(o.pending.lock().held.is_empty());
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl Server {
         }
         Ok(Server {
             listeners,
-            shared: Arc::new(Shared::new(Engine::new(config.engine))),
+            shared: Arc::new(Shared::new(Engine::new(config.engine), None)),
             limits: ConnLimits { frames: config.limits, max_output_bytes: config.max_output_bytes },
             keepalive: config.keepalive,
             handle: ServerHandle { stop: CancellationToken::new(), drain: CancellationToken::new() },
