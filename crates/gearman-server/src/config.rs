@@ -965,8 +965,11 @@ impl Config {
         if !KNOWN_QUEUES.contains(&self.queue_type.as_str()) {
             return Some(format!("Error while initializing the queue : {}", self.queue_type));
         }
-        if self.queue_type != "builtin" {
-            return Some(format!("queue type '{}' is not implemented yet", self.queue_type));
+        if self.queue_type == "libmemcached" {
+            return Some("queue type 'libmemcached' is not implemented yet".into());
+        }
+        if self.queue.store_queue_on_shutdown {
+            return Some("--store-queue-on-shutdown is not implemented yet".into());
         }
         if self.ssl {
             return Some("--ssl is not implemented yet".into());

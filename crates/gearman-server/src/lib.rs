@@ -18,7 +18,9 @@ mod conn;
 mod core;
 pub mod logging;
 mod outbound;
+mod persist;
 mod server;
 
 pub use gearman_engine::EngineConfig;
+pub use gearman_store::{QueueStore, StoreOptions};
 pub use server::{Keepalive, Server, ServerConfig, ServerHandle};

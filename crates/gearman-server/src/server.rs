@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::conn::{self, ConnLimits};
-use crate::core::{now_ms, Shared};
+use crate::core::{now_ms, Shared, StoreOp};
+use crate::persist::from_record;
+use gearman_store::QueueStore;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// TCP keepalive settings for accepted connections (`--keepalive*`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,7 +30,7 @@ pub struct Keepalive {
 }
 
 /// Everything needed to start a server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Host or address to bind; `None` binds every address (IPv4 and IPv6).
     pub listen: Option<String>,
@@ -45,6 +48,8 @@ pub struct ServerConfig {
     pub keepalive: Option<Keepalive>,
     /// How long to keep retrying a bind that fails with "address in use".
     pub bind_retry: Duration,
+    /// Persistent queue for background jobs; `None` keeps them in memory only.
+    pub store: Option<Arc<dyn QueueStore>>,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +63,7 @@ impl Default for ServerConfig {
             max_output_bytes: 256 * 1024 * 1024,
             keepalive: None,
             bind_retry: Duration::from_secs(20),
+            store: None,
         }
     }
 }
@@ -82,9 +88,13 @@ impl ServerHandle {
     }
 }
 
+/// The store and the queue of work the engine sends it.
+type StoreLink = (Arc<dyn QueueStore>, UnboundedReceiver<Vec<StoreOp>>);
+
 /// A bound server, ready to [`Server::run`].
 pub struct Server {
     listeners: Vec<TcpListener>,
+    store: Option<StoreLink>,
     shared: Arc<Shared>,
     limits: ConnLimits,
     keepalive: Option<Keepalive>,
@@ -92,8 +102,26 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listening sockets. Nothing is served until [`Server::run`].
-    pub async fn bind(config: ServerConfig) -> io::Result<Server> {
+    /// Replays the persistent queue (if any), then binds the listening sockets.
+    /// Nothing is served until [`Server::run`].
+    pub async fn bind(mut config: ServerConfig) -> io::Result<Server> {
+        config.engine.persistent = config.store.is_some();
+        let mut engine = Engine::new(config.engine.clone());
+        let (store_tx, store) = match config.store.clone() {
+            Some(store) => {
+                // Replay before the listener opens, so no client sees a half-loaded queue.
+                let records = store.replay().await.map_err(|e| io::Error::other(e.to_string()))?;
+                let count = records.len();
+                let mut sink = gearman_engine::RecordingOutbox::default();
+                for r in records {
+                    engine.restore(from_record(r), now_ms(), &mut sink);
+                }
+                tracing::info!("replayed {count} job(s) from the {} queue", store.name());
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                (Some(tx), Some((store, rx)))
+            }
+            None => (None, None),
+        };
         let addrs: Vec<SocketAddr> = match &config.listen {
             Some(host) => tokio::net::lookup_host((host.as_str(), config.port)).await?.collect(),
             None => vec![
@@ -122,7 +150,8 @@ impl Server {
         }
         Ok(Server {
             listeners,
-            shared: Arc::new(Shared::new(Engine::new(config.engine), None)),
+            store,
+            shared: Arc::new(Shared::new(engine, store_tx)),
             limits: ConnLimits { frames: config.limits, max_output_bytes: config.max_output_bytes },
             keepalive: config.keepalive,
             handle: ServerHandle { stop: CancellationToken::new(), drain: CancellationToken::new() },
@@ -141,9 +170,13 @@ impl Server {
 
     /// Serves until shut down (or drained and empty).
     pub async fn run(self) -> io::Result<()> {
-        let Server { listeners, shared, limits, keepalive, handle } = self;
+        let Server { listeners, store, shared, limits, keepalive, handle } = self;
         let tracker = TaskTracker::new();
         let stop = handle.stop.clone();
+        let store_stop = CancellationToken::new();
+        let store_task = store.map(|(store, rx)| {
+            tokio::spawn(crate::persist::run(shared.clone(), store, rx, store_stop.clone()))
+        });
         for listener in listeners {
             let (shared, stop, drain, tracker2) =
                 (shared.clone(), stop.clone(), handle.drain.clone(), tracker.clone());
@@ -183,6 +216,10 @@ impl Server {
         tracker.close();
         // Connections flush and close on cancel; don't wait forever on a stuck peer.
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        store_stop.cancel();
+        if let Some(task) = store_task {
+            let _ = task.await;
+        }
         Ok(())
     }
 }
