@@ -1484,7 +1484,13 @@ mod tests {
         assert_eq!(u(&["-r", "foo"]).unwrap(), "Unknown protocol module : foo");
         assert_eq!(u(&["-r", "HTTP"]).unwrap(), "Unknown protocol module : HTTP");
         assert_eq!(u(&["-r", "http"]).unwrap(), "-r http is not implemented yet");
-        assert_eq!(u(&["-q", "LibSqlite3"]).unwrap(), "queue type 'libsqlite3' is not implemented yet");
+        assert_eq!(u(&["-q", "LibSqlite3"]), None);
+        assert_eq!(u(&["-q", "Postgres"]), None);
+        assert_eq!(u(&["-q", "libmemcached"]).unwrap(), "queue type 'libmemcached' is not implemented yet");
+        assert_eq!(
+            u(&["-q", "libsqlite3", "--store-queue-on-shutdown"]).unwrap(),
+            "--store-queue-on-shutdown is not implemented yet"
+        );
         assert_eq!(u(&["--ssl"]).unwrap(), "--ssl is not implemented yet");
         assert_eq!(u(&["--syslog"]).unwrap(), "--syslog is not implemented yet");
         // Implemented by prepare_process(), so not reported here.
