@@ -27,6 +27,7 @@
 //!   it when `-p 4730` is given explicitly).
 //! * `-p=4730` is read as port 4730 (boost reads the value `=4730`).
 
+use gearman_store::StoreOptions;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -151,70 +152,6 @@ impl std::fmt::Display for Verbose {
     }
 }
 
-/// Options of the persistent-queue plugins (SERVER.md §5.2). They are parsed
-/// so that existing command lines work; only `builtin` is implemented.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueOptions {
-    /// `--libsqlite3-db FILE` (required by the libsqlite3 queue).
-    pub libsqlite3_db: Option<String>,
-    /// `--libsqlite3-table T` (default `gearman_queue`).
-    pub libsqlite3_table: String,
-    /// `--store-queue-on-shutdown`.
-    pub store_queue_on_shutdown: bool,
-    /// `--libpq-conninfo S` (default empty).
-    pub libpq_conninfo: String,
-    /// `--libpq-table T` (default `queue`).
-    pub libpq_table: String,
-    /// `--mysql-host H` (default `localhost`).
-    pub mysql_host: String,
-    /// `--mysql-port P` (default 3306).
-    pub mysql_port: u16,
-    /// `--mysql-user U`.
-    pub mysql_user: Option<String>,
-    /// `--mysql-password P`.
-    pub mysql_password: Option<String>,
-    /// `--mysql-db D`.
-    pub mysql_db: Option<String>,
-    /// `--mysql-table T` (default `gearman_queue`).
-    pub mysql_table: String,
-    /// `--redis-server H` (default `127.0.0.1`).
-    pub redis_server: String,
-    /// `--redis-port P` (port or service name, default `6379`).
-    pub redis_port: String,
-    /// `--redis-password P`.
-    pub redis_password: Option<String>,
-    /// `--redis-prefix P` (default `_gear_`).
-    pub redis_prefix: String,
-    /// `--libmemcached-servers LIST`.
-    pub libmemcached_servers: Option<String>,
-    /// `--libmemcached-prefix P` (default `gear_`).
-    pub libmemcached_prefix: String,
-}
-
-impl Default for QueueOptions {
-    fn default() -> Self {
-        QueueOptions {
-            libsqlite3_db: None,
-            libsqlite3_table: "gearman_queue".into(),
-            store_queue_on_shutdown: false,
-            libpq_conninfo: String::new(),
-            libpq_table: "queue".into(),
-            mysql_host: "localhost".into(),
-            mysql_port: 3306,
-            mysql_user: None,
-            mysql_password: None,
-            mysql_db: None,
-            mysql_table: "gearman_queue".into(),
-            redis_server: "127.0.0.1".into(),
-            redis_port: "6379".into(),
-            redis_password: None,
-            redis_prefix: "_gear_".into(),
-            libmemcached_servers: None,
-            libmemcached_prefix: "gear_".into(),
-        }
-    }
-}
-
 /// Every gearmand 1.1.20 option, with its default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -256,8 +193,6 @@ pub struct Config {
     pub protocol: Option<String>,
     /// `-R/--round-robin`: GRAB rotates over a worker's functions.
     pub round_robin: bool,
-    /// `-q/--queue-type`: persistent queue, lower-cased (default `builtin`).
-    pub queue_type: String,
     /// `--config-file` actually used (`None` if no file was read).
     pub config_file: Option<PathBuf>,
     /// `--syslog`: also log through syslog.
@@ -282,7 +217,10 @@ pub struct Config {
     /// `--http-port`: port of the HTTP front end (default 8080, used with `-r http`).
     pub http_port: u16,
     /// Persistent-queue plugin options.
-    pub queue: QueueOptions,
+    /// Persistent-queue options (`-q` and the plugin options, SERVER.md §5.2).
+    pub queue: StoreOptions,
+    /// `--store-queue-on-shutdown`.
+    pub store_queue_on_shutdown: bool,
     /// `--max-packet-size`: largest packet accepted, in bytes (our extension;
     /// default `gearman_proto::DEFAULT_MAX_PACKET_BYTES`).
     pub max_packet_size: u32,
@@ -309,7 +247,6 @@ impl Default for Config {
             pid_file: None,
             protocol: None,
             round_robin: false,
-            queue_type: "builtin".into(),
             config_file: None,
             syslog: false,
             coredump: false,
@@ -321,7 +258,9 @@ impl Default for Config {
             ssl_certificate: "/etc/ssl/certs/gearmand.pem".into(),
             ssl_key: "/etc/ssl/certs/gearmand.key".into(),
             http_port: 8080,
-            queue: QueueOptions::default(),
+            // An acknowledged job must survive power loss, not only a crash.
+            queue: StoreOptions { fsync: true, ..StoreOptions::default() },
+            store_queue_on_shutdown: false,
             max_packet_size: gearman_proto::DEFAULT_MAX_PACKET_BYTES,
         }
     }
@@ -886,10 +825,13 @@ fn build_config<F: Fn(&str) -> Option<String>>(m: &Merged<'_>, env: &F) -> Resul
         return Err(ConfigError::new("max-packet-size has to be greater than 0"));
     }
     let dq = &d.queue;
-    let queue = QueueOptions {
+    let queue = StoreOptions {
+        queue_type: m
+            .string("queue-type")
+            .map(|q| q.to_ascii_lowercase())
+            .unwrap_or_else(|| dq.queue_type.clone()),
         libsqlite3_db: m.string("libsqlite3-db"),
         libsqlite3_table: m.string("libsqlite3-table").unwrap_or_else(|| dq.libsqlite3_table.clone()),
-        store_queue_on_shutdown: m.flag("store-queue-on-shutdown"),
         libpq_conninfo: m.string("libpq-conninfo").unwrap_or_default(),
         libpq_table: m.string("libpq-table").unwrap_or_else(|| dq.libpq_table.clone()),
         mysql_host: m.string("mysql-host").unwrap_or_else(|| dq.mysql_host.clone()),
@@ -899,13 +841,14 @@ fn build_config<F: Fn(&str) -> Option<String>>(m: &Merged<'_>, env: &F) -> Resul
         mysql_db: m.string("mysql-db"),
         mysql_table: m.string("mysql-table").unwrap_or_else(|| dq.mysql_table.clone()),
         redis_server: m.string("redis-server").unwrap_or_else(|| dq.redis_server.clone()),
-        redis_port: m.string("redis-port").unwrap_or_else(|| dq.redis_port.clone()),
+        redis_port: m.num::<u16>("redis-port")?.unwrap_or(dq.redis_port),
         redis_password: m.string("redis-password"),
         redis_prefix: m.string("redis-prefix").unwrap_or_else(|| dq.redis_prefix.clone()),
         libmemcached_servers: m.string("libmemcached-servers"),
         libmemcached_prefix: m
             .string("libmemcached-prefix")
             .unwrap_or_else(|| dq.libmemcached_prefix.clone()),
+        fsync: dq.fsync,
     };
     Ok(Config {
         port,
@@ -926,7 +869,7 @@ fn build_config<F: Fn(&str) -> Option<String>>(m: &Merged<'_>, env: &F) -> Resul
         pid_file: m.string("pid-file").map(PathBuf::from),
         protocol: m.string("protocol"),
         round_robin: m.flag("round-robin"),
-        queue_type: m.string("queue-type").map(|q| q.to_ascii_lowercase()).unwrap_or(d.queue_type),
+        store_queue_on_shutdown: m.flag("store-queue-on-shutdown"),
         config_file: None,
         syslog: m.flag("syslog"),
         coredump: m.flag("coredump"),
@@ -962,13 +905,13 @@ impl Config {
             }
             return Some("-r http is not implemented yet".into());
         }
-        if !KNOWN_QUEUES.contains(&self.queue_type.as_str()) {
-            return Some(format!("Error while initializing the queue : {}", self.queue_type));
+        if !KNOWN_QUEUES.contains(&self.queue.queue_type.as_str()) {
+            return Some(format!("Error while initializing the queue : {}", self.queue.queue_type));
         }
-        if self.queue_type == "libmemcached" {
+        if self.queue.queue_type == "libmemcached" {
             return Some("queue type 'libmemcached' is not implemented yet".into());
         }
-        if self.queue.store_queue_on_shutdown {
+        if self.store_queue_on_shutdown {
             return Some("--store-queue-on-shutdown is not implemented yet".into());
         }
         if self.ssl {
@@ -1140,7 +1083,7 @@ mod tests {
         assert_eq!(c.log_file, "/var/log/gearmand.log");
         assert_eq!(c.pid_file_path(), Path::new("/var/gearmand.pid"));
         assert_eq!(c.verbose, Verbose::Error);
-        assert_eq!(c.queue_type, "builtin");
+        assert_eq!(c.queue.queue_type, "builtin");
         assert_eq!(c.http_port, 8080);
         assert_eq!(c.max_packet_size, 64 * 1024 * 1024);
         assert_eq!((c.keepalive_idle, c.keepalive_interval, c.keepalive_count), (-1, -1, -1));
@@ -1178,8 +1121,8 @@ mod tests {
             (&["-r", "http"], |c| c.protocol.as_deref() == Some("http")),
             (&["--round-robin"], |c| c.round_robin),
             (&["-R"], |c| c.round_robin),
-            (&["--queue-type=BuiltIn"], |c| c.queue_type == "builtin"),
-            (&["-q", "libsqlite3"], |c| c.queue_type == "libsqlite3"),
+            (&["--queue-type=BuiltIn"], |c| c.queue.queue_type == "builtin"),
+            (&["-q", "libsqlite3"], |c| c.queue.queue_type == "libsqlite3"),
             (&["--syslog"], |c| c.syslog),
             (&["--coredump"], |c| c.coredump),
             (&["--threads=0"], |c| c.threads == 0),
@@ -1201,7 +1144,7 @@ mod tests {
             (&["--ssl-key=c"], |c| c.ssl_key == "c"),
             (&["--libsqlite3-db=/tmp/q.db"], |c| c.queue.libsqlite3_db.as_deref() == Some("/tmp/q.db")),
             (&["--libsqlite3-table=t"], |c| c.queue.libsqlite3_table == "t"),
-            (&["--store-queue-on-shutdown"], |c| c.queue.store_queue_on_shutdown),
+            (&["--store-queue-on-shutdown"], |c| c.store_queue_on_shutdown),
             (&["--libpq-conninfo=host=x"], |c| c.queue.libpq_conninfo == "host=x"),
             (&["--libpq-table=t"], |c| c.queue.libpq_table == "t"),
             (&["--mysql-host=h"], |c| c.queue.mysql_host == "h"),
@@ -1211,7 +1154,7 @@ mod tests {
             (&["--mysql-db=d"], |c| c.queue.mysql_db.as_deref() == Some("d")),
             (&["--mysql-table=t"], |c| c.queue.mysql_table == "t"),
             (&["--redis-server=r"], |c| c.queue.redis_server == "r"),
-            (&["--redis-port=6380"], |c| c.queue.redis_port == "6380"),
+            (&["--redis-port=6380"], |c| c.queue.redis_port == 6380),
             (&["--redis-password=p"], |c| c.queue.redis_password.as_deref() == Some("p")),
             (&["--redis-prefix=x"], |c| c.queue.redis_prefix == "x"),
             (&["--libmemcached-servers=a,b"], |c| c.queue.libmemcached_servers.as_deref() == Some("a,b")),

@@ -124,7 +124,7 @@ pub trait QueueStore: Send + Sync + 'static {
 }
 
 /// gearmand's queue options (`-q` and the plugin options), plus ours.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
     /// `-q, --queue-type`: `builtin`/`none`, `libsqlite3`, `postgres`, `mysql`, `redis`,
     /// `libmemcached` (compared case-insensitively).

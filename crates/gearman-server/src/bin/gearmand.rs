@@ -2,7 +2,7 @@
 //! the `gearman_server` library.
 
 use gearman_server::config::{self, Config};
-use gearman_server::{logging, EngineConfig, Keepalive, Server, ServerConfig, StoreOptions};
+use gearman_server::{logging, EngineConfig, Keepalive, Server, ServerConfig};
 
 fn main() {
     let cfg = config::from_args_or_exit();
@@ -63,36 +63,10 @@ fn server_config(cfg: &Config) -> ServerConfig {
     }
 }
 
-/// gearmand's queue options as the store crate takes them.
-fn store_options(cfg: &Config) -> StoreOptions {
-    let q = &cfg.queue;
-    StoreOptions {
-        queue_type: cfg.queue_type.clone(),
-        libsqlite3_db: q.libsqlite3_db.clone(),
-        libsqlite3_table: q.libsqlite3_table.clone(),
-        libpq_conninfo: q.libpq_conninfo.clone(),
-        libpq_table: q.libpq_table.clone(),
-        mysql_host: q.mysql_host.clone(),
-        mysql_port: q.mysql_port,
-        mysql_user: q.mysql_user.clone(),
-        mysql_password: q.mysql_password.clone(),
-        mysql_db: q.mysql_db.clone(),
-        mysql_table: q.mysql_table.clone(),
-        redis_server: q.redis_server.clone(),
-        redis_port: q.redis_port.parse().unwrap_or(6379),
-        redis_password: q.redis_password.clone(),
-        redis_prefix: q.redis_prefix.clone(),
-        libmemcached_servers: q.libmemcached_servers.clone(),
-        libmemcached_prefix: q.libmemcached_prefix.clone(),
-        // An acknowledged job must survive power loss, not only a crash.
-        fsync: true,
-    }
-}
-
 async fn serve(cfg: &Config, log: logging::LogHandle) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
 
-    let store = gearman_store::open(&store_options(cfg)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = gearman_store::open(&cfg.queue).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let server = Server::bind(ServerConfig { store, ..server_config(cfg) })
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
