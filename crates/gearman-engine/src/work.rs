@@ -105,9 +105,11 @@ impl Engine {
         s.sleeping = false;
         s.noop_sent = false;
         self.promote_due(now, out);
-        let Some(s) = self.sessions.get(conn) else { return };
-        let order: Vec<FunctionId> = s.abilities.iter().map(|a| a.function).collect();
-        for (pos, fid) in order.into_iter().enumerate() {
+        // Indexing rather than iterating: take_queued needs `self` mutably, and
+        // taking a job never changes this connection's abilities.
+        for pos in 0.. {
+            let ability = self.sessions.get(conn).and_then(|s| s.abilities.get(pos));
+            let Some(fid) = ability.map(|a| a.function) else { break };
             if let Some(jid) = self.take_queued(fid, out) {
                 if self.config.round_robin {
                     if let Some(s) = self.sessions.get_mut(conn) {
