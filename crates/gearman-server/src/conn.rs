@@ -16,6 +16,9 @@ use crate::outbound::Outbound;
 /// Read buffer size; reads larger than this just take several turns.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// A connection's buffers shrink back once empty if they grew past this.
+const MAX_IDLE_BUFFER_BYTES: usize = 1024 * 1024;
+
 /// Limits applied to every connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnLimits {
@@ -70,6 +73,10 @@ pub(crate) async fn serve(
                     if written.is_err() {
                         break;
                     }
+                    // One huge reply must not pin its buffer for the connection's life.
+                    if pending.capacity() > MAX_IDLE_BUFFER_BYTES {
+                        pending = BytesMut::with_capacity(4096);
+                    }
                 }
                 if closing {
                     break;
@@ -82,6 +89,9 @@ pub(crate) async fn serve(
 
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
+        if buf.is_empty() && buf.capacity() > MAX_IDLE_BUFFER_BYTES {
+            buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_CHUNK_BYTES);
         }
