@@ -105,6 +105,14 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+
+    /// The same failure, as a store that cannot be used at all (at start-up).
+    pub fn into_fatal(self) -> StoreError {
+        match self {
+            StoreError::Unavailable(m) | StoreError::InvalidRecord(m) => StoreError::Fatal(m),
+            fatal => fatal,
+        }
+    }
 }
 
 /// A persistent queue. Used as `Arc<dyn QueueStore>`; every method may be called from

@@ -52,7 +52,7 @@ impl MysqlStore {
     /// Connects and creates or migrates the table. Failure is `Fatal`.
     pub async fn open(opts: Opts, table: &str) -> Result<MysqlStore, StoreError> {
         let store = MysqlStore { opts, table: table.to_owned(), state: Mutex::default() };
-        let mut conn = store.connect().await.map_err(|e| StoreError::Fatal(e.to_string()))?;
+        let mut conn = store.connect().await.map_err(StoreError::into_fatal)?;
         store.prepare_table(&mut conn).await?;
         store.state.lock().await.conn = Some(conn);
         Ok(store)

@@ -65,7 +65,7 @@ impl PostgresStore {
         let config = config_from(conninfo)?;
         let table = fold_identifier(table);
         let store = PostgresStore { config, table, state: Mutex::default() };
-        let client = store.connect().await.map_err(|e| StoreError::Fatal(e.to_string()))?;
+        let client = store.connect().await.map_err(StoreError::into_fatal)?;
         store.prepare_table(&client).await?;
         let live = store.prepare(client).await.map_err(|e| StoreError::Fatal(pg("prepare", &e)))?;
         store.state.lock().await.live = Some(live);
@@ -330,7 +330,18 @@ fn chunk<'a>(jobs: &[&'a JobRecord]) -> Vec<Vec<&'a JobRecord>> {
 fn pg(what: &str, e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("postgres: {what}: {} ({})", db.message(), db.code().code()),
-        None => format!("postgres: {what}: {e}"),
+        None => {
+            // tokio-postgres keeps the reason ("Connection refused", a bad password)
+            // in the source chain, not in its own message.
+            let mut msg = format!("postgres: {what}: {e}");
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                msg.push_str(": ");
+                msg.push_str(&c.to_string());
+                cause = c.source();
+            }
+            msg
+        }
     }
 }
 
