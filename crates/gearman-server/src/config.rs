@@ -903,7 +903,6 @@ impl Config {
             if p != "http" {
                 return Some(format!("Unknown protocol module : {p}"));
             }
-            return Some("-r http is not implemented yet".into());
         }
         if !KNOWN_QUEUES.contains(&self.queue.queue_type.as_str()) {
             return Some(format!("Error while initializing the queue : {}", self.queue.queue_type));
@@ -1426,7 +1425,7 @@ mod tests {
         assert_eq!(u(&["-q", "foo"]).unwrap(), "Error while initializing the queue : foo");
         assert_eq!(u(&["-r", "foo"]).unwrap(), "Unknown protocol module : foo");
         assert_eq!(u(&["-r", "HTTP"]).unwrap(), "Unknown protocol module : HTTP");
-        assert_eq!(u(&["-r", "http"]).unwrap(), "-r http is not implemented yet");
+        assert_eq!(u(&["-r", "http"]), None);
         assert_eq!(u(&["-q", "LibSqlite3"]), None);
         assert_eq!(u(&["-q", "Postgres"]), None);
         assert_eq!(u(&["-q", "libmemcached"]).unwrap(), "queue type 'libmemcached' is not implemented yet");

@@ -154,12 +154,12 @@ fn reject(conn: ConnId, e: &ProtoError, out: &mut crate::core::Router<'_>) {
 }
 
 #[cfg(unix)]
-fn fd_label(stream: &TcpStream) -> i64 {
+pub(crate) fn fd_label(stream: &TcpStream) -> i64 {
     use std::os::fd::AsRawFd;
     i64::from(stream.as_raw_fd())
 }
 
 #[cfg(not(unix))]
-fn fd_label(_stream: &TcpStream) -> i64 {
+pub(crate) fn fd_label(_stream: &TcpStream) -> i64 {
     0
 }

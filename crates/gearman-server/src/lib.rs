@@ -16,6 +16,7 @@
 pub mod config;
 mod conn;
 mod core;
+mod http;
 pub mod logging;
 mod outbound;
 mod persist;
@@ -23,4 +24,5 @@ mod server;
 
 pub use gearman_engine::EngineConfig;
 pub use gearman_store::{QueueStore, StoreOptions};
+pub use http::HttpConfig;
 pub use server::{Keepalive, Server, ServerConfig, ServerHandle};

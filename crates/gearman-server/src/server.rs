@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::conn::{self, ConnLimits};
 use crate::core::{now_ms, Shared, StoreOp};
+use crate::http::{HttpConfig, HttpLimits};
 use crate::persist::from_record;
 use gearman_store::QueueStore;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     pub bind_retry: Duration,
     /// Persistent queue for background jobs; `None` keeps them in memory only.
     pub store: Option<Arc<dyn QueueStore>>,
+    /// The HTTP front end (`-r http`), on the same host as `listen`; `None` for none.
+    pub http: Option<HttpConfig>,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +67,7 @@ impl Default for ServerConfig {
             keepalive: None,
             bind_retry: Duration::from_secs(20),
             store: None,
+            http: None,
         }
     }
 }
@@ -94,6 +98,9 @@ type StoreLink = (Arc<dyn QueueStore>, UnboundedReceiver<Vec<StoreOp>>);
 /// A bound server, ready to [`Server::run`].
 pub struct Server {
     listeners: Vec<TcpListener>,
+    /// The HTTP front end's listeners (empty without one).
+    http_listeners: Vec<TcpListener>,
+    http_limits: HttpLimits,
     store: Option<StoreLink>,
     shared: Arc<Shared>,
     limits: ConnLimits,
@@ -122,34 +129,25 @@ impl Server {
             }
             None => (None, None),
         };
-        let addrs: Vec<SocketAddr> = match &config.listen {
-            Some(host) => tokio::net::lookup_host((host.as_str(), config.port)).await?.collect(),
-            None => vec![
-                SocketAddr::from(([0, 0, 0, 0], config.port)),
-                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, config.port)),
-            ],
-        };
-        let mut listeners = Vec::new();
-        let mut last_err = None;
-        for addr in addrs {
-            match bind_one(addr, config.backlog, config.bind_retry).await {
-                Ok(l) => listeners.push(l),
-                Err(e) => {
-                    tracing::warn!("could not bind {addr}: {e}");
-                    last_err = Some(e);
-                }
-            }
-        }
-        if listeners.is_empty() {
-            return Err(last_err.unwrap_or_else(|| io::Error::other("no address to bind")));
-        }
+        let listeners = bind_all(&config, config.port).await?;
         for l in &listeners {
             if let Ok(a) = l.local_addr() {
                 tracing::info!("Listening on {a}");
             }
         }
+        let (http_listeners, max_body_bytes) = match &config.http {
+            Some(http) => (bind_all(&config, http.port).await?, http.max_body_bytes),
+            None => (Vec::new(), 0),
+        };
+        for l in &http_listeners {
+            if let Ok(a) = l.local_addr() {
+                tracing::info!("HTTP front end listening on {a}");
+            }
+        }
         Ok(Server {
             listeners,
+            http_listeners,
+            http_limits: HttpLimits { max_body_bytes, max_output_bytes: config.max_output_bytes },
             store,
             shared: Arc::new(Shared::new(engine, store_tx)),
             limits: ConnLimits { frames: config.limits, max_output_bytes: config.max_output_bytes },
@@ -163,6 +161,11 @@ impl Server {
         self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
+    /// The bound addresses of the HTTP front end (empty without one).
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.http_listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
     /// A handle to stop or drain the server.
     pub fn handle(&self) -> ServerHandle {
         self.handle.clone()
@@ -170,14 +173,16 @@ impl Server {
 
     /// Serves until shut down (or drained and empty).
     pub async fn run(self) -> io::Result<()> {
-        let Server { listeners, store, shared, limits, keepalive, handle } = self;
+        let Server { listeners, http_listeners, http_limits, store, shared, limits, keepalive, handle } =
+            self;
         let tracker = TaskTracker::new();
         let stop = handle.stop.clone();
         let store_stop = CancellationToken::new();
         let store_task = store.map(|(store, rx)| {
             tokio::spawn(crate::persist::run(shared.clone(), store, rx, store_stop.clone()))
         });
-        for listener in listeners {
+        let gear = listeners.into_iter().map(|l| (l, false));
+        for (listener, http) in gear.chain(http_listeners.into_iter().map(|l| (l, true))) {
             let (shared, stop, drain, tracker2) =
                 (shared.clone(), stop.clone(), handle.drain.clone(), tracker.clone());
             tracker.spawn(async move {
@@ -190,7 +195,12 @@ impl Server {
                     match accepted {
                         Ok((stream, _)) => {
                             tune(&stream, keepalive);
-                            tracker2.spawn(conn::serve(shared.clone(), stream, limits, stop.clone()));
+                            let (shared, stop) = (shared.clone(), stop.clone());
+                            if http {
+                                tracker2.spawn(crate::http::serve(shared, stream, http_limits, stop));
+                            } else {
+                                tracker2.spawn(conn::serve(shared, stream, limits, stop));
+                            }
                         }
                         Err(e) => {
                             // Out of fds and the like: back off instead of spinning.
@@ -222,6 +232,33 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Binds `port` on the configured host (every address it resolves to), or on every
+/// IPv4 and IPv6 address without one. Fails only if no address could be bound.
+async fn bind_all(config: &ServerConfig, port: u16) -> io::Result<Vec<TcpListener>> {
+    let addrs: Vec<SocketAddr> = match &config.listen {
+        Some(host) => tokio::net::lookup_host((host.as_str(), port)).await?.collect(),
+        None => vec![
+            SocketAddr::from(([0, 0, 0, 0], port)),
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+        ],
+    };
+    let mut listeners = Vec::new();
+    let mut last_err = None;
+    for addr in addrs {
+        match bind_one(addr, config.backlog, config.bind_retry).await {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                tracing::warn!("could not bind {addr}: {e}");
+                last_err = Some(e);
+            }
+        }
+    }
+    if listeners.is_empty() {
+        return Err(last_err.unwrap_or_else(|| io::Error::other("no address to bind")));
+    }
+    Ok(listeners)
 }
 
 async fn bind_one(addr: SocketAddr, backlog: u32, retry_for: Duration) -> io::Result<TcpListener> {

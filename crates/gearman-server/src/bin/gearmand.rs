@@ -2,7 +2,7 @@
 //! the `gearman_server` library.
 
 use gearman_server::config::{self, Config};
-use gearman_server::{logging, EngineConfig, Keepalive, Server, ServerConfig};
+use gearman_server::{logging, EngineConfig, HttpConfig, Keepalive, Server, ServerConfig};
 
 fn main() {
     let cfg = config::from_args_or_exit();
@@ -58,6 +58,11 @@ fn server_config(cfg: &Config) -> ServerConfig {
             idle_secs: positive(cfg.keepalive_idle),
             interval_secs: positive(cfg.keepalive_interval),
             count: positive(cfg.keepalive_count),
+        }),
+        // `unsupported()` refuses any other protocol module before this runs.
+        http: (cfg.protocol.as_deref() == Some("http")).then(|| HttpConfig {
+            port: cfg.http_port,
+            max_body_bytes: usize::try_from(cfg.max_packet_size).unwrap_or(usize::MAX),
         }),
         ..ServerConfig::default()
     }
