@@ -122,6 +122,27 @@ impl Engine {
         self.release_persisted(jid, now, out);
     }
 
+    /// Every background job not in the store yet, given a store key now: what
+    /// `--store-queue-on-shutdown` writes when the server stops (running jobs too).
+    pub fn unstored_background_jobs(&mut self) -> Vec<StoredJob> {
+        let wanted: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| (j.background || j.bg_joined) && !j.abandoned && j.store_key.is_none())
+            .map(|(jid, _)| jid)
+            .collect();
+        let mut records = Vec::with_capacity(wanted.len());
+        for jid in wanted {
+            let key = self.next_key();
+            if let Some(job) = self.jobs.get_mut(jid) {
+                job.store_key = Some(key);
+            }
+            self.by_store_key.insert(key, jid);
+            records.extend(self.stored_job(jid));
+        }
+        records
+    }
+
     /// Allocates the store key for a new background job.
     pub(crate) fn next_key(&mut self) -> u64 {
         let k = self.next_store_key;
@@ -270,6 +291,28 @@ mod tests {
         assert_eq!(send(&mut e, &mut out, w, Command::WorkFail, &[b"H:t:1"]), vec![Sent::Forget(41)]);
         let sent = send(&mut e, &mut out, c, Command::SubmitJobBg, &[b"g", b"", b""]);
         assert_eq!(sent[1], Sent::Persist(stored(42, "g", "", "")));
+    }
+
+    #[test]
+    fn store_on_shutdown_collects_the_background_jobs_not_stored_yet() {
+        let config = EngineConfig { handle_prefix: "H:t".into(), persistent: false, ..Default::default() };
+        let (mut e, mut out) = (Engine::new(config), RecordingOutbox::default());
+        e.restore(stored(5, "f", "", "replayed"), NOW, &mut out);
+        let (c, w) = (conn(&mut e), conn(&mut e));
+        // Acknowledged at once: nothing is written at submit time in this mode.
+        let sent = send(&mut e, &mut out, c, Command::SubmitJobBg, &[b"f", b"", b"new"]);
+        assert_eq!(sent, vec![pkt(c, Command::JobCreated, &[b"H:t:2"])]);
+        send(&mut e, &mut out, c, Command::SubmitJob, &[b"f", b"", b"foreground"]);
+        send(&mut e, &mut out, c, Command::SubmitJobLowBg, &[b"g", b"u", b"running"]);
+        send(&mut e, &mut out, w, Command::CanDo, &[b"g"]);
+        send(&mut e, &mut out, w, Command::GrabJob, &[]);
+        let mut low = stored(7, "g", "u", "running");
+        low.priority = Priority::Low;
+        let mut got = e.unstored_background_jobs();
+        got.sort_by_key(|r| r.key);
+        assert_eq!(got, vec![stored(6, "f", "", "new"), low]);
+        e.check_invariants().unwrap();
+        assert_eq!(e.unstored_background_jobs(), vec![]);
     }
 
     #[test]

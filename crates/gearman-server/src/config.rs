@@ -910,9 +910,6 @@ impl Config {
         if self.queue.queue_type == "libmemcached" {
             return Some("queue type 'libmemcached' is not implemented yet".into());
         }
-        if self.store_queue_on_shutdown {
-            return Some("--store-queue-on-shutdown is not implemented yet".into());
-        }
         if self.ssl {
             return Some("--ssl is not implemented yet".into());
         }
@@ -1429,10 +1426,7 @@ mod tests {
         assert_eq!(u(&["-q", "LibSqlite3"]), None);
         assert_eq!(u(&["-q", "Postgres"]), None);
         assert_eq!(u(&["-q", "libmemcached"]).unwrap(), "queue type 'libmemcached' is not implemented yet");
-        assert_eq!(
-            u(&["-q", "libsqlite3", "--store-queue-on-shutdown"]).unwrap(),
-            "--store-queue-on-shutdown is not implemented yet"
-        );
+        assert_eq!(u(&["-q", "libsqlite3", "--store-queue-on-shutdown"]), None);
         assert_eq!(u(&["--ssl"]).unwrap(), "--ssl is not implemented yet");
         assert_eq!(u(&["--syslog"]).unwrap(), "--syslog is not implemented yet");
         // Implemented by prepare_process(), so not reported here.

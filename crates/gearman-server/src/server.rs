@@ -51,6 +51,10 @@ pub struct ServerConfig {
     pub bind_retry: Duration,
     /// Persistent queue for background jobs; `None` keeps them in memory only.
     pub store: Option<Arc<dyn QueueStore>>,
+    /// gearmand's `--store-queue-on-shutdown`: background jobs are acknowledged at
+    /// once and written to `store` only when the server stops (replayed at start and
+    /// removed when done, as usual). Faster, but a crash loses them.
+    pub store_on_shutdown: bool,
     /// The HTTP front end (`-r http`), on the same host as `listen`; `None` for none.
     pub http: Option<HttpConfig>,
 }
@@ -67,6 +71,7 @@ impl Default for ServerConfig {
             keepalive: None,
             bind_retry: Duration::from_secs(20),
             store: None,
+            store_on_shutdown: false,
             http: None,
         }
     }
@@ -102,6 +107,8 @@ pub struct Server {
     http_listeners: Vec<TcpListener>,
     http_limits: HttpLimits,
     store: Option<StoreLink>,
+    /// Where `--store-queue-on-shutdown` writes the queue at the end.
+    shutdown_store: Option<Arc<dyn QueueStore>>,
     shared: Arc<Shared>,
     limits: ConnLimits,
     keepalive: Option<Keepalive>,
@@ -112,7 +119,7 @@ impl Server {
     /// Replays the persistent queue (if any), then binds the listening sockets.
     /// Nothing is served until [`Server::run`].
     pub async fn bind(mut config: ServerConfig) -> io::Result<Server> {
-        config.engine.persistent = config.store.is_some();
+        config.engine.persistent = config.store.is_some() && !config.store_on_shutdown;
         let mut engine = Engine::new(config.engine.clone());
         let (store_tx, store) = match config.store.clone() {
             Some(store) => {
@@ -149,6 +156,7 @@ impl Server {
             http_listeners,
             http_limits: HttpLimits { max_body_bytes, max_output_bytes: config.max_output_bytes },
             store,
+            shutdown_store: config.store.clone().filter(|_| config.store_on_shutdown),
             shared: Arc::new(Shared::new(engine, store_tx)),
             limits: ConnLimits { frames: config.limits, max_output_bytes: config.max_output_bytes },
             keepalive: config.keepalive,
@@ -173,8 +181,17 @@ impl Server {
 
     /// Serves until shut down (or drained and empty).
     pub async fn run(self) -> io::Result<()> {
-        let Server { listeners, http_listeners, http_limits, store, shared, limits, keepalive, handle } =
-            self;
+        let Server {
+            listeners,
+            http_listeners,
+            http_limits,
+            store,
+            shutdown_store,
+            shared,
+            limits,
+            keepalive,
+            handle,
+        } = self;
         let tracker = TaskTracker::new();
         let stop = handle.stop.clone();
         let store_stop = CancellationToken::new();
@@ -229,6 +246,16 @@ impl Server {
         store_stop.cancel();
         if let Some(task) = store_task {
             let _ = task.await;
+        }
+        if let Some(store) = shutdown_store {
+            let records: Vec<_> = shared
+                .with_engine(|engine, _| engine.unstored_background_jobs())
+                .into_iter()
+                .map(crate::persist::to_record)
+                .collect();
+            let count = records.len();
+            store.add(&records).await.map_err(|e| io::Error::other(format!("storing the queue: {e}")))?;
+            tracing::info!("stored {count} background job(s) in the {} queue at shutdown", store.name());
         }
         Ok(())
     }

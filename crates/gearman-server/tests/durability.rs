@@ -1181,3 +1181,41 @@ fn store_unreachable_at_start_exits_1() {
     }
     assert!(unclear.is_empty(), "start-up failure messages without their cause: {unclear:#?}");
 }
+
+/// `--store-queue-on-shutdown` (gearmand's option): jobs are acknowledged without
+/// touching the store, written when the server stops (running ones included), replayed
+/// at the next start, and removed once done.
+#[test]
+fn store_queue_on_shutdown_writes_the_queue_at_stop() {
+    let mut rng = Rng(seed("store_queue_on_shutdown"));
+    let Some(store) = Store::new(Backend::Sqlite, &mut rng) else { return };
+    let mut args = store.args();
+    args.push("--store-queue-on-shutdown".into());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = Server::start(Kind::Ours, &a).expect("our server");
+    let mut c = s.connect();
+    let jobs = [
+        Job::new(SUBMIT_JOB_BG, "sqos", "", b"one"),
+        Job::new(SUBMIT_JOB_BG, "sqos", "", b"two"),
+        Job::new(SUBMIT_JOB_HIGH_BG, "sqos", "u3", b"three"),
+    ];
+    for j in &jobs {
+        submit(&mut c, j);
+    }
+    // One job is running when the server stops: it is stored too.
+    let mut w = s.connect();
+    w.can_do("sqos");
+    w.send(&req(GRAB_JOB_UNIQ, &[]));
+    assert_eq!(w.read_packet().command, JOB_ASSIGN_UNIQ);
+    stop(s);
+    let s = Server::start(Kind::Ours, &a).expect("our server");
+    let mut ran: Vec<Vec<u8>> =
+        drain(&s, "sqos", Duration::from_secs(10)).into_iter().map(|r| r.data).collect();
+    ran.sort();
+    assert_eq!(ran, vec![b"one".to_vec(), b"three".to_vec(), b"two".to_vec()]);
+    stop(s);
+    // Done jobs were removed: nothing comes back.
+    let s = Server::start(Kind::Ours, &a).expect("our server");
+    assert_eq!(busy_functions(&s), Vec::<String>::new());
+    stop(s);
+}

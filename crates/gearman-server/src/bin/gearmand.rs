@@ -72,9 +72,13 @@ async fn serve(cfg: &Config, log: logging::LogHandle) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
 
     let store = gearman_store::open(&cfg.queue).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let server = Server::bind(ServerConfig { store, ..server_config(cfg) })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server = Server::bind(ServerConfig {
+        store,
+        store_on_shutdown: cfg.store_queue_on_shutdown,
+        ..server_config(cfg)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let handle = server.handle();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
