@@ -1,5 +1,6 @@
 //! Persistent queues for background jobs: the `QueueStore` trait, the record it stores,
-//! and one backend per database gearmand 1.1.20 supports (`-q libsqlite3|postgres|mysql|redis`).
+//! and one backend per database gearmand 1.1.20 supports (`-q libsqlite3|postgres|mysql|redis|libmemcached`;
+//! the memcached one is not durable: see [`memcached`]).
 //!
 //! Rows are keyed by job identity (`JobRecord::key`, allocated by the server), never by
 //! (unique, function) as gearmand does, so background jobs with an empty unique for the
@@ -15,8 +16,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis", feature = "memcached"))]
 mod backoff;
+#[cfg(feature = "memcached")]
+pub mod memcached;
 pub mod memory;
 #[cfg(feature = "mysql")]
 pub mod mysql;
@@ -166,7 +169,7 @@ pub struct StoreOptions {
     pub redis_password: Option<String>,
     /// `--redis-prefix` (`_gear_`).
     pub redis_prefix: String,
-    /// `--libmemcached-servers` (not supported by this crate yet).
+    /// `--libmemcached-servers`: `host[:port]` (one server; required for `libmemcached`).
     pub libmemcached_servers: Option<String>,
     /// `--libmemcached-prefix` (`gear_`).
     pub libmemcached_prefix: String,
@@ -216,7 +219,9 @@ pub async fn open(options: &StoreOptions) -> Result<Option<Arc<dyn QueueStore>>,
         "mysql" => mysql::MysqlStore::open_options(options).await.map(|s| Arc::new(s) as _),
         #[cfg(feature = "redis")]
         "redis" => redis::RedisStore::open_options(options).await.map(|s| Arc::new(s) as _),
-        // Reached for a backend whose feature is off (and for libmemcached, not done yet).
+        #[cfg(feature = "memcached")]
+        "libmemcached" => memcached::MemcachedStore::open_options(options).await.map(|s| Arc::new(s) as _),
+        // Reached for a backend whose feature is off.
         #[allow(unreachable_patterns)]
         "libsqlite3" | "postgres" | "mysql" | "redis" | "libmemcached" => Err(StoreError::Fatal(format!(
             "queue type {} is not supported by this build",
@@ -258,6 +263,7 @@ mod tests {
         o.queue_type = "bogus".into();
         let e = open(&o).await.err().unwrap();
         assert!(matches!(e, StoreError::Fatal(ref m) if m.contains("bogus")), "{e}");
+        // Without --libmemcached-servers (or without the feature) libmemcached cannot open.
         o.queue_type = "libmemcached".into();
         assert!(matches!(open(&o).await, Err(StoreError::Fatal(_))));
     }
