@@ -101,7 +101,7 @@ impl Engine {
     }
 
     /// Functions in creation order (gearmand prints hash order; clients must not care).
-    fn functions_in_order(&self) -> Vec<FunctionId> {
+    pub(crate) fn functions_in_order(&self) -> Vec<FunctionId> {
         let mut ids: Vec<(u64, FunctionId)> = self.functions.iter().map(|(id, f)| (f.created, id)).collect();
         ids.sort_unstable();
         ids.into_iter().map(|(_, id)| id).collect()
@@ -217,6 +217,9 @@ impl Engine {
         let Some(&jid) = self.handles.get(handle) else { return b"ERR UNKNOWN_JOB\r\n".to_vec() };
         let Some(job) = self.jobs.get_mut(jid) else { return b"ERR UNKNOWN_JOB\r\n".to_vec() };
         // A cancelled job still held can be cancelled again (`OK`), as in gearmand.
+        if !job.abandoned {
+            self.stats.cancelled += 1;
+        }
         job.abandoned = true;
         // Listeners are told now and detached, so a running worker's late results go
         // nowhere (gearmand keeps forwarding them after the WORK_FAIL: §2.9 [bug]).

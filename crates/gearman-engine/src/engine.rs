@@ -49,6 +49,8 @@ pub struct Engine {
     pub(crate) next_store_key: u64,
     /// Ids of places held in reply order (see [`Outbox::hold`]).
     pub(crate) next_hold: u64,
+    /// Monitoring counters (`stats.rs`).
+    pub(crate) stats: crate::stats::Stats,
 }
 
 impl Engine {
@@ -70,6 +72,7 @@ impl Engine {
             by_store_key: HashMap::new(),
             next_store_key: 1,
             next_hold: 1,
+            stats: crate::stats::Stats::default(),
         }
     }
 
@@ -170,6 +173,7 @@ impl Engine {
                 continue;
             }
             if let JobState::Running(worker) = job.state {
+                self.stats.timed_out += 1;
                 if let Some(s) = self.sessions.get_mut(worker) {
                     s.running.retain(|&(j, q)| !(j == jid && q == seq));
                 }
@@ -202,6 +206,9 @@ impl Engine {
             let fid = job.function;
             if let Some(f) = self.functions.get_mut(fid) {
                 f.scheduled = f.scheduled.saturating_sub(1);
+            }
+            if let Some(job) = self.jobs.get_mut(jid) {
+                job.queued_at_ms = now;
             }
             self.enqueue(jid, out);
         }
@@ -310,7 +317,7 @@ impl Engine {
     /// A worker lost a running job (it left, dropped the function, or timed out):
     /// requeue it at the tail, or fail it once `--job-retries` assignments are used.
     /// The caller has already taken the job off the worker's session.
-    pub(crate) fn requeue_lost(&mut self, jid: JobId, seq: u64, _now: NowMs, out: &mut dyn Outbox) {
+    pub(crate) fn requeue_lost(&mut self, jid: JobId, seq: u64, now: NowMs, out: &mut dyn Outbox) {
         let retries_limit = self.config.job_retries;
         let Some(job) = self.jobs.get_mut(jid).filter(|j| j.seq == seq) else { return };
         if !matches!(job.state, JobState::Running(_)) {
@@ -327,9 +334,12 @@ impl Engine {
             for &c in &job.listeners {
                 out.packet(c, Command::WorkFail, &[&handle]);
             }
+            self.stats.failed += 1;
             self.remove_job(jid, out);
             return;
         }
+        self.stats.retried += 1;
+        job.queued_at_ms = now;
         job.numerator = 0;
         job.denominator = 0;
         // Mark it queued before the counters so remove paths never see it twice.

@@ -87,6 +87,11 @@ pub(crate) struct Job {
     pub(crate) abandoned: bool,
     /// Counts assignments, so a stale CAN_DO_TIMEOUT deadline can be told apart.
     pub(crate) assignments: u32,
+    /// When the job last became runnable (submit, requeue, epoch due), for the queue
+    /// time histogram.
+    pub(crate) queued_at_ms: i64,
+    /// When the job was last assigned, for the run time histogram.
+    pub(crate) assigned_at_ms: i64,
 }
 
 impl Job {

@@ -13,6 +13,7 @@ mod function;
 mod job;
 mod outbox;
 mod session;
+mod stats;
 mod store;
 mod submit;
 mod work;
@@ -24,6 +25,7 @@ pub use config::EngineConfig;
 pub use engine::{Engine, PeerInfo};
 pub use job::Priority;
 pub use outbox::{Outbox, RecordingOutbox, Sent};
+pub use stats::{FunctionGauges, Histogram, Stats, WorkerEntry, JOB_TIME_BOUNDS_MS, MAX_BUCKETS};
 pub use store::StoredJob;
 
 /// Identifies one connection for the engine's lifetime (slab key; reused after close).

@@ -117,6 +117,7 @@ impl Engine {
         if let Some(job) = self.jobs.get_mut(jid) {
             job.store_key = Some(stored.key);
             job.state = JobState::Persisting;
+            job.queued_at_ms = now;
         }
         self.by_store_key.insert(stored.key, jid);
         self.release_persisted(jid, now, out);

@@ -66,6 +66,7 @@ impl Engine {
         };
         if let Some(key) = &key {
             if let Some(&jid) = self.coalesce.get(&(fid, key.clone())) {
+                self.stats.coalesced += 1;
                 self.join(jid, conn, k.background, out);
                 return;
             }
@@ -79,7 +80,9 @@ impl Engine {
         }
         let future = when > 0 && when.saturating_mul(1000) > now;
         let jid = self.create_job(fid, unique, key, data, reducer, k.priority, k.background, when);
+        self.stats.submitted += 1;
         let Some(job) = self.jobs.get_mut(jid) else { return };
+        job.queued_at_ms = now;
         let (seq, handle) = (job.seq, job.handle.clone());
         if !k.background {
             job.listeners.push(conn);
@@ -155,6 +158,8 @@ impl Engine {
             bg_joined: false,
             abandoned: false,
             assignments: 0,
+            queued_at_ms: 0,
+            assigned_at_ms: 0,
         };
         let jid = self.jobs.insert(job);
         self.handles.insert(handle, jid);

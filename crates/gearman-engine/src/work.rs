@@ -150,7 +150,10 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(jid) else { return };
         job.state = JobState::Running(conn);
         job.assignments = job.assignments.wrapping_add(1);
+        job.assigned_at_ms = now;
+        let queued_at = job.queued_at_ms;
         let (seq, fid, assignment) = (job.seq, job.function, job.assignments);
+        self.stats.queue_time.observe(now.saturating_sub(queued_at));
         if let Some(f) = self.functions.get_mut(fid) {
             f.running += 1;
         }
@@ -174,7 +177,7 @@ impl Engine {
         }
     }
 
-    pub(crate) fn work_result(&mut self, conn: ConnId, p: &Packet, _now: NowMs, out: &mut dyn Outbox) {
+    pub(crate) fn work_result(&mut self, conn: ConnId, p: &Packet, now: NowMs, out: &mut dyn Outbox) {
         let raw_handle = p.arg(0);
         let handle = strip_trailing_nul(raw_handle);
         if p.command == Command::WorkFail && raw_handle.len() >= MAX_HANDLE_BYTES {
@@ -201,6 +204,7 @@ impl Engine {
             return;
         };
         let Some(job) = self.jobs.get_mut(jid) else { return };
+        let assigned_at = job.assigned_at_ms;
         match p.command {
             Command::WorkStatus => {
                 job.numerator = atoi_u32(p.arg(1));
@@ -218,6 +222,8 @@ impl Engine {
                 for &c in &job.listeners {
                     out.packet(c, Command::WorkComplete, &[p.arg(0), p.arg(1)]);
                 }
+                self.stats.completed += 1;
+                self.observe_run(assigned_at, now);
                 self.remove_job(jid, out);
             }
             Command::WorkFail => {
@@ -225,6 +231,8 @@ impl Engine {
                 for &c in &job.listeners {
                     out.packet(c, Command::WorkFail, &[raw_handle]);
                 }
+                self.stats.failed += 1;
+                self.observe_run(assigned_at, now);
                 self.remove_job(jid, out);
             }
             Command::WorkException => {
@@ -236,6 +244,8 @@ impl Engine {
                         out.packet(c, Command::WorkFail, &[handle]);
                     }
                 }
+                self.stats.excepted += 1;
+                self.observe_run(assigned_at, now);
                 self.remove_job(jid, out);
             }
             _ => {}

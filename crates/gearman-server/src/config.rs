@@ -224,6 +224,9 @@ pub struct Config {
     /// `--max-packet-size`: largest packet accepted, in bytes (our extension;
     /// default `gearman_proto::DEFAULT_MAX_PACKET_BYTES`).
     pub max_packet_size: u32,
+    /// `--monitor-port`: port of the monitoring HTTP endpoint (Prometheus `/metrics`,
+    /// JSON `/status` and `/workers`; our extension); `None` = off.
+    pub monitor_port: Option<u16>,
 }
 
 impl Default for Config {
@@ -262,6 +265,7 @@ impl Default for Config {
             queue: StoreOptions { fsync: true, ..StoreOptions::default() },
             store_queue_on_shutdown: false,
             max_packet_size: gearman_proto::DEFAULT_MAX_PACKET_BYTES,
+            monitor_port: None,
         }
     }
 }
@@ -318,6 +322,7 @@ const OPTIONS: &[Opt] = &[
     value("log-file", Some('l'), Some(DEFAULT_LOG_FILE), GENERAL, "File that receives the log. 'stderr' writes to standard error, 'none' turns the log off."),
     value("listen", Some('L'), None, GENERAL, "Host or address to listen on. Default: every address."),
     value("max-packet-size", None, Some("67108864"), GENERAL, "Largest packet accepted from a connection, in bytes (gearman-rs extension)."),
+    value("monitor-port", None, None, GENERAL, "Serve Prometheus metrics (/metrics) and JSON status (/status, /workers) over HTTP on this port, on the --listen address. Off unless given (gearman-rs extension)."),
     value("pid-file", Some('P'), Some(DEFAULT_PID_FILE), GENERAL, "File that receives the process id."),
     value("protocol", Some('r'), None, GENERAL, "Load an additional protocol module ('http')."),
     flag("round-robin", Some('R'), GENERAL, "Hand out the jobs of a worker's functions in turn instead of in the order the worker registered them."),
@@ -887,6 +892,7 @@ fn build_config<F: Fn(&str) -> Option<String>>(m: &Merged<'_>, env: &F) -> Resul
         http_port: m.port("http-port")?.unwrap_or(d.http_port),
         queue,
         max_packet_size,
+        monitor_port: m.port("monitor-port")?,
     })
 }
 
@@ -906,9 +912,6 @@ impl Config {
         }
         if !KNOWN_QUEUES.contains(&self.queue.queue_type.as_str()) {
             return Some(format!("Error while initializing the queue : {}", self.queue.queue_type));
-        }
-        if self.queue.queue_type == "libmemcached" {
-            return Some("queue type 'libmemcached' is not implemented yet".into());
         }
         if self.ssl {
             return Some("--ssl is not implemented yet".into());
@@ -1111,6 +1114,7 @@ mod tests {
             (&["--listen=127.0.0.1"], |c| c.listen.as_deref() == Some("127.0.0.1")),
             (&["-L", "localhost"], |c| c.listen.as_deref() == Some("localhost")),
             (&["--max-packet-size=1024"], |c| c.max_packet_size == 1024),
+            (&["--monitor-port=9100"], |c| c.monitor_port == Some(9100)),
             (&["--pid-file=/tmp/x.pid"], |c| c.pid_file.as_deref() == Some(Path::new("/tmp/x.pid"))),
             (&["-P", "/tmp/y.pid"], |c| c.pid_file_path() == Path::new("/tmp/y.pid")),
             (&["--protocol=http"], |c| c.protocol.as_deref() == Some("http")),
@@ -1425,7 +1429,7 @@ mod tests {
         assert_eq!(u(&["-r", "http"]), None);
         assert_eq!(u(&["-q", "LibSqlite3"]), None);
         assert_eq!(u(&["-q", "Postgres"]), None);
-        assert_eq!(u(&["-q", "libmemcached"]).unwrap(), "queue type 'libmemcached' is not implemented yet");
+        assert_eq!(u(&["-q", "libmemcached"]), None);
         assert_eq!(u(&["-q", "libsqlite3", "--store-queue-on-shutdown"]), None);
         assert_eq!(u(&["--ssl"]).unwrap(), "--ssl is not implemented yet");
         assert_eq!(u(&["--syslog"]).unwrap(), "--syslog is not implemented yet");

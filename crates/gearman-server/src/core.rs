@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) timer_due: AtomicI64,
     /// Where store work goes (none without a persistent queue).
     pub(crate) store_tx: Option<tokio::sync::mpsc::UnboundedSender<Vec<StoreOp>>>,
+    /// The store task's counters, for the monitor port.
+    pub(crate) store_stats: Mutex<crate::monitor::StoreStats>,
 }
 
 impl Shared {
@@ -54,6 +56,7 @@ impl Shared {
             timer_wake: Notify::new(),
             timer_due: AtomicI64::new(i64::MAX),
             store_tx,
+            store_stats: Mutex::new(crate::monitor::StoreStats::default()),
         }
     }
 

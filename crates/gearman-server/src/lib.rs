@@ -18,6 +18,7 @@ mod conn;
 mod core;
 mod http;
 pub mod logging;
+mod monitor;
 mod outbound;
 mod persist;
 mod server;

@@ -85,14 +85,19 @@ pub(crate) async fn run(
         if !adds.is_empty() {
             let batch: Vec<JobRecord> = adds.drain(..adds.len().min(MAX_BATCH)).collect();
             let keys: Vec<u64> = batch.iter().map(|r| r.key).collect();
-            let result = store.add(&batch).await.map_err(|e| {
+            let start = std::time::Instant::now();
+            let result = store.add(&batch).await;
+            shared.store_stats.lock().added(batch.len(), result.is_ok(), start);
+            let result = result.map_err(|e| {
                 tracing::error!("{} store: could not save {} job(s): {e}", store.name(), batch.len());
                 "QUEUE_ERROR".to_string()
             });
             shared.with_engine(|engine, out| engine.persisted(&keys, result, now_ms(), out));
         }
         if !removes.is_empty() {
-            match store.remove(&removes).await {
+            let result = store.remove(&removes).await;
+            shared.store_stats.lock().removed(removes.len(), result.is_ok());
+            match result {
                 Ok(()) => removes.clear(),
                 Err(e) => {
                     tracing::warn!("{} store: could not remove {} job(s): {e}", store.name(), removes.len());

@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub store_on_shutdown: bool,
     /// The HTTP front end (`-r http`), on the same host as `listen`; `None` for none.
     pub http: Option<HttpConfig>,
+    /// The monitor port (`--monitor-port`: Prometheus `/metrics`, JSON `/status` and
+    /// `/workers`), on the same host as `listen`; `None` for none. 0 picks a free one.
+    pub monitor_port: Option<u16>,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             store: None,
             store_on_shutdown: false,
             http: None,
+            monitor_port: None,
         }
     }
 }
@@ -106,6 +110,8 @@ pub struct Server {
     /// The HTTP front end's listeners (empty without one).
     http_listeners: Vec<TcpListener>,
     http_limits: HttpLimits,
+    /// The monitor port's listeners (empty without one).
+    monitor_listeners: Vec<TcpListener>,
     store: Option<StoreLink>,
     /// Where `--store-queue-on-shutdown` writes the queue at the end.
     shutdown_store: Option<Arc<dyn QueueStore>>,
@@ -151,9 +157,19 @@ impl Server {
                 tracing::info!("HTTP front end listening on {a}");
             }
         }
+        let monitor_listeners = match config.monitor_port {
+            Some(port) => bind_all(&config, port).await?,
+            None => Vec::new(),
+        };
+        for l in &monitor_listeners {
+            if let Ok(a) = l.local_addr() {
+                tracing::info!("monitor port listening on {a}");
+            }
+        }
         Ok(Server {
             listeners,
             http_listeners,
+            monitor_listeners,
             http_limits: HttpLimits { max_body_bytes, max_output_bytes: config.max_output_bytes },
             store,
             shutdown_store: config.store.clone().filter(|_| config.store_on_shutdown),
@@ -174,6 +190,11 @@ impl Server {
         self.http_listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
+    /// The bound addresses of the monitor port (empty without one).
+    pub fn monitor_addrs(&self) -> Vec<SocketAddr> {
+        self.monitor_listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
     /// A handle to stop or drain the server.
     pub fn handle(&self) -> ServerHandle {
         self.handle.clone()
@@ -185,6 +206,7 @@ impl Server {
             listeners,
             http_listeners,
             http_limits,
+            monitor_listeners,
             store,
             shutdown_store,
             shared,
@@ -222,6 +244,27 @@ impl Server {
                         Err(e) => {
                             // Out of fds and the like: back off instead of spinning.
                             tracing::error!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            });
+        }
+        for listener in monitor_listeners {
+            // Served until stop, through a drain too: draining is when it is watched.
+            let (shared, stop, tracker2) = (shared.clone(), stop.clone(), tracker.clone());
+            tracker.spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        r = listener.accept() => r,
+                        _ = stop.cancelled() => break,
+                    };
+                    match accepted {
+                        Ok((stream, _)) => {
+                            tracker2.spawn(crate::monitor::serve(shared.clone(), stream, stop.clone()));
+                        }
+                        Err(e) => {
+                            tracing::error!("monitor accept failed: {e}");
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     }

@@ -64,6 +64,7 @@ fn server_config(cfg: &Config) -> ServerConfig {
             port: cfg.http_port,
             max_body_bytes: usize::try_from(cfg.max_packet_size).unwrap_or(usize::MAX),
         }),
+        monitor_port: cfg.monitor_port,
         ..ServerConfig::default()
     }
 }
