@@ -82,7 +82,7 @@ impl Engine {
             },
             b"maxqueue" => self.admin_maxqueue(&t),
             b"create" if t.len() == 3 && is(t.get(1), "function") => {
-                self.function_id(bytes::Bytes::copy_from_slice(t.get(2).copied().unwrap_or_default()));
+                self.function_id(t.get(2).copied().unwrap_or_default());
                 OK.to_vec()
             }
             b"create" => err_args(first),

@@ -7,7 +7,10 @@ pub struct EngineConfig {
     pub handle_prefix: String,
     /// Maximum assignments before a job fails; 0 = unlimited (`-j`).
     pub job_retries: u32,
-    /// NOOPs sent per queued job; 0 = every sleeping worker (`-w`).
+    /// NOOPs sent per queued job; 0 = every sleeping worker (`-w`). The default is 1,
+    /// not gearmand's 0: waking every sleeper for each job made most of them send
+    /// GRAB_JOB, get NO_JOB and PRE_SLEEP again (a third of gearmand's foreground
+    /// packets), and one woken worker per queued job is enough for every job to run.
     pub worker_wakeup: u32,
     /// Rotate a worker's functions after each grab (`-R`).
     pub round_robin: bool,
@@ -28,7 +31,7 @@ impl Default for EngineConfig {
         EngineConfig {
             handle_prefix: "H:localhost".into(),
             job_retries: 0,
-            worker_wakeup: 0,
+            worker_wakeup: 1,
             round_robin: false,
             exceptions: false,
             version: format!("1.1.20+gearman-rs.{}", env!("CARGO_PKG_VERSION")),

@@ -2,7 +2,7 @@
 //! handles its command family.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use bytes::Bytes;
 use gearman_proto::{Command, Magic, Packet};
@@ -21,6 +21,12 @@ pub struct PeerInfo {
     /// Numeric peer address.
     pub ip: String,
 }
+
+/// The engine's hash maps. foldhash instead of SipHash: the submit path hashes a handle,
+/// a function name and often a unique per job, and SipHash was 8% of the server's time
+/// under `bg-submit`; foldhash is still seeded per map, so clients cannot choose keys
+/// that collide.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A timer entry: `(due ms, job, job seq, assignment number)`.
 type Deadline = Reverse<(NowMs, JobId, u64, u32)>;
@@ -49,6 +55,8 @@ pub struct Engine {
     pub(crate) next_store_key: u64,
     /// Ids of places held in reply order (see [`Outbox::hold`]).
     pub(crate) next_hold: u64,
+    /// Source of [`crate::session::Session::sleep_gen`].
+    pub(crate) next_sleep_gen: u64,
     /// Monitoring counters (`stats.rs`).
     pub(crate) stats: crate::stats::Stats,
 }
@@ -60,18 +68,19 @@ impl Engine {
             config,
             jobs: Slab::new(),
             functions: Slab::new(),
-            function_ids: HashMap::new(),
+            function_ids: HashMap::default(),
             sessions: Slab::new(),
-            handles: HashMap::new(),
-            coalesce: HashMap::new(),
-            by_unique: HashMap::new(),
+            handles: HashMap::default(),
+            coalesce: HashMap::default(),
+            by_unique: HashMap::default(),
             epoch_timers: BinaryHeap::new(),
             work_timers: BinaryHeap::new(),
             next_seq: 1,
             next_order: 0,
-            by_store_key: HashMap::new(),
+            by_store_key: HashMap::default(),
             next_store_key: 1,
             next_hold: 1,
+            next_sleep_gen: 1,
             stats: crate::stats::Stats::default(),
         }
     }
@@ -101,6 +110,10 @@ impl Engine {
         }
         for (jid, seq) in session.running {
             self.requeue_lost(jid, seq, now, out);
+        }
+        if session.sleeping && session.noop_sent {
+            let functions: Vec<FunctionId> = session.abilities.iter().map(|a| a.function).collect();
+            self.pass_on_wakeup(&functions, out);
         }
     }
 
@@ -138,10 +151,10 @@ impl Engine {
             Command::GetStatusUnique => self.get_status_unique(conn, packet.arg(0), out),
             Command::OptionReq => self.option_req(conn, packet.arg(0), out),
             Command::SetClientId => self.set_client_id(conn, packet.arg(0)),
-            Command::CanDo => self.can_do(conn, packet.arg_bytes(0), 0),
+            Command::CanDo => self.can_do(conn, packet.arg(0), 0),
             Command::CanDoTimeout => {
                 let ms = crate::job::strtol(packet.arg(1)).clamp(0, i64::from(u32::MAX)) as u32;
-                self.can_do(conn, packet.arg_bytes(0), ms)
+                self.can_do(conn, packet.arg(0), ms)
             }
             Command::CantDo => self.cant_do(conn, packet.arg(0), now, out),
             Command::ResetAbilities => self.reset_abilities(conn, now, out),
@@ -225,10 +238,13 @@ impl Engine {
     }
 
     /// Looks up or creates a function record.
-    pub(crate) fn function_id(&mut self, name: Bytes) -> FunctionId {
-        if let Some(&id) = self.function_ids.get(&name) {
+    pub(crate) fn function_id(&mut self, name: &[u8]) -> FunctionId {
+        // Looked up by slice: cloning the packet's `Bytes` first cost an atomic
+        // reference count (and its first clone an allocation) on every submit.
+        if let Some(&id) = self.function_ids.get(name) {
             return id;
         }
+        let name = Bytes::copy_from_slice(name);
         let order = self.bump_order();
         let id = self.functions.insert(Function::new(name.clone(), order));
         self.function_ids.insert(name, id);
@@ -246,29 +262,60 @@ impl Engine {
         self.wake_sleepers(fid, out);
     }
 
-    /// Sends NOOP to sleeping workers of `fid` that were not woken yet, starting at
-    /// the function's rotating cursor and stopping after `--worker-wakeup` of them.
+    /// Sends NOOP to sleeping workers of `fid` that were not woken yet, longest
+    /// asleep first, stopping after `--worker-wakeup` of them (0 = all of them, as
+    /// gearmand's default; our default is 1, see `EngineConfig::worker_wakeup`).
     pub(crate) fn wake_sleepers(&mut self, fid: FunctionId, out: &mut dyn Outbox) {
         let limit = self.config.worker_wakeup as usize;
-        let Some(f) = self.functions.get_mut(fid) else { return };
-        let n = f.workers.len();
-        if n == 0 {
-            return;
-        }
-        let start = f.wake_cursor % n;
         let mut woken = 0usize;
-        for i in 0..n {
-            let idx = (start + i) % n;
-            let Some(&w) = f.workers.get(idx) else { continue };
+        loop {
+            let Some(f) = self.functions.get_mut(fid) else { return };
+            let Some((w, generation)) = f.sleepers.pop_front() else { return };
             let Some(s) = self.sessions.get_mut(w) else { continue };
-            if s.sleeping && !s.noop_sent {
-                s.noop_sent = true;
-                out.packet(w, Command::Noop, &[]);
-                woken += 1;
-                if limit > 0 && woken >= limit {
-                    f.wake_cursor = (idx + 1) % n;
-                    return;
-                }
+            if !s.sleeping || s.noop_sent || s.sleep_gen != generation {
+                continue;
+            }
+            s.noop_sent = true;
+            out.packet(w, Command::Noop, &[]);
+            woken += 1;
+            if limit > 0 && woken >= limit {
+                return;
+            }
+        }
+    }
+
+    /// Files a connection that just went to sleep as a sleeper of each function it can
+    /// do, dropping stale entries once they outnumber the live ones.
+    pub(crate) fn add_sleeper(&mut self, conn: ConnId) {
+        let generation = self.next_sleep_gen;
+        self.next_sleep_gen += 1;
+        let Some(s) = self.sessions.get_mut(conn) else { return };
+        s.sleeping = true;
+        s.noop_sent = false;
+        s.sleep_gen = generation;
+        let Some(s) = self.sessions.get(conn) else { return };
+        for a in &s.abilities {
+            let Some(f) = self.functions.get_mut(a.function) else { continue };
+            f.sleepers.push_back((conn, generation));
+            // Amortised O(1): compaction runs only after the queue doubled past the
+            // number of registered workers.
+            if f.sleepers.len() > 2 * f.workers.len() + 16 {
+                let sessions = &self.sessions;
+                f.sleepers.retain(|&(w, g)| {
+                    sessions.get(w).is_some_and(|s| s.sleeping && !s.noop_sent && s.sleep_gen == g)
+                });
+            }
+        }
+    }
+
+    /// A worker that was woken but left (or dropped functions) before it grabbed:
+    /// its wake-up is passed on, so queued jobs of those functions are not left
+    /// waiting for a NOOP that went nowhere.
+    pub(crate) fn pass_on_wakeup(&mut self, functions: &[FunctionId], out: &mut dyn Outbox) {
+        for &fid in functions {
+            let has_queued = self.functions.get(fid).is_some_and(|f| f.queues.iter().any(|q| !q.is_empty()));
+            if has_queued {
+                self.wake_sleepers(fid, out);
             }
         }
     }

@@ -20,8 +20,11 @@ pub(crate) struct Function {
     pub(crate) queues: [VecDeque<(JobId, u64)>; 3],
     /// Registered worker entries (a connection that sent CAN_DO twice is here twice).
     pub(crate) workers: Vec<ConnId>,
-    /// Where the next wake-up round starts, so `-w N` rotates over sleepers.
-    pub(crate) wake_cursor: usize,
+    /// Workers that went to sleep able to do this function, longest asleep first:
+    /// `(connection, sleep generation)`. An entry whose session has since grabbed,
+    /// been woken or slept again (newer generation) is stale and skipped when popped,
+    /// so waking a worker costs O(1) whatever the number of workers.
+    pub(crate) sleepers: VecDeque<(ConnId, u64)>,
     /// `maxqueue` limits per priority; 0 = unlimited.
     pub(crate) max_queue: [u32; 3],
     /// Jobs of this function in any state (queued, scheduled, running).
@@ -40,7 +43,7 @@ impl Function {
             name,
             queues: Default::default(),
             workers: Vec::new(),
-            wake_cursor: 0,
+            sleepers: VecDeque::new(),
             max_queue: [0; 3],
             total: 0,
             running: 0,

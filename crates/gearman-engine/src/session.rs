@@ -32,8 +32,11 @@ pub(crate) struct Session {
     pub(crate) exceptions: bool,
     /// Sent PRE_SLEEP and has not grabbed since.
     pub(crate) sleeping: bool,
-    /// Already woken with a NOOP since its last grab.
+    /// Already woken with a NOOP since it last went to sleep.
     pub(crate) noop_sent: bool,
+    /// Changes each time the connection goes to sleep (engine-wide counter), so a
+    /// function's sleeper entries from an earlier sleep are recognised as stale.
+    pub(crate) sleep_gen: u64,
     /// Jobs assigned to this connection as a worker: (job, seq).
     pub(crate) running: Vec<(JobId, u64)>,
     /// Jobs this connection listens to as a foreground client: (job, seq).
@@ -52,6 +55,7 @@ impl Session {
             exceptions,
             sleeping: false,
             noop_sent: false,
+            sleep_gen: 0,
             running: Vec::new(),
             listening: Vec::new(),
             created,

@@ -97,7 +97,7 @@ impl Engine {
     /// waits for it, and completing it removes it from the store.
     pub fn restore(&mut self, stored: StoredJob, now: NowMs, out: &mut dyn Outbox) {
         self.next_store_key = self.next_store_key.max(stored.key.saturating_add(1));
-        let fid = self.function_id(stored.function);
+        let fid = self.function_id(&stored.function);
         let key = match &stored.unique[..] {
             b"" => None,
             b"-" if stored.data.is_empty() => None,

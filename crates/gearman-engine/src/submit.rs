@@ -42,7 +42,6 @@ fn kind(command: Command) -> SubmitKind {
 impl Engine {
     pub(crate) fn submit(&mut self, conn: ConnId, p: &Packet, now: NowMs, out: &mut dyn Outbox) {
         let k = kind(p.command);
-        let function = p.arg_bytes(0);
         let unique = p.arg_bytes(1);
         let (when, reducer, data) = if k.epoch {
             (crate::job::strtol(p.arg(2)), Bytes::new(), p.arg_bytes(3))
@@ -57,7 +56,7 @@ impl Engine {
             error(out, conn, "ARGUMENT_TOO_LARGE", "Unique value too large");
             return;
         }
-        let fid = self.function_id(function);
+        let fid = self.function_id(p.arg(0));
         let key = match &unique[..] {
             b"" => None,
             b"-" if data.is_empty() => None,

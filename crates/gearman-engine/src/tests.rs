@@ -738,8 +738,85 @@ fn can_do_on_a_sleeping_connection_does_not_wake_it() {
 }
 
 #[test]
-fn every_sleeper_is_woken_by_default() {
+fn one_sleeper_per_job_is_woken_by_default() {
     let mut h = Harness::new();
+    let c = h.connect();
+    let ws: Vec<ConnId> = (0..3).map(|_| h.connect()).collect();
+    for &w in &ws {
+        h.can_do(w, "f");
+        assert_eq!(h.pre_sleep(w), vec![]);
+    }
+    // Longest asleep first, one per job, nobody twice.
+    assert_eq!(h.submit(c, Command::SubmitJobBg, "f", "", "1"), vec![created(c, "H:t:1"), noop(ws[0])]);
+    assert_eq!(h.submit(c, Command::SubmitJobBg, "f", "", "2"), vec![created(c, "H:t:2"), noop(ws[1])]);
+    assert_eq!(h.grab(ws[0]), vec![assign(ws[0], "H:t:1", "f", "1")]);
+    assert_eq!(h.submit(c, Command::SubmitJobBg, "f", "", "3"), vec![created(c, "H:t:3"), noop(ws[2])]);
+    assert_eq!(h.submit(c, Command::SubmitJobBg, "f", "", "4"), vec![created(c, "H:t:4")]);
+}
+
+#[test]
+fn a_woken_worker_that_leaves_passes_its_wakeup_on() {
+    let mut h = Harness::new();
+    let c = h.connect();
+    let ws: Vec<ConnId> = (0..3).map(|_| h.connect()).collect();
+    for &w in &ws {
+        h.can_do(w, "f");
+        assert_eq!(h.pre_sleep(w), vec![]);
+    }
+    assert_eq!(h.submit(c, Command::SubmitJobBg, "f", "", "1"), vec![created(c, "H:t:1"), noop(ws[0])]);
+    // Woken, gone before grabbing: the next sleeper gets the NOOP.
+    assert_eq!(h.disconnect(ws[0]), vec![noop(ws[1])]);
+    // Woken, then stops doing the function: passed on again.
+    assert_eq!(h.send(ws[1], Command::CantDo, &[b"f"]), vec![noop(ws[2])]);
+    assert_eq!(h.grab(ws[2]), vec![assign(ws[2], "H:t:1", "f", "1")]);
+    // A sleeper that never was woken leaves: nothing to pass on.
+    let w4 = h.connect();
+    h.can_do(w4, "f");
+    assert_eq!(h.pre_sleep(w4), vec![]);
+    assert_eq!(h.disconnect(w4), vec![]);
+}
+
+#[test]
+fn a_worker_woken_that_sleeps_again_can_be_woken_again() {
+    let mut h = Harness::new();
+    let c = h.connect();
+    let w = h.connect();
+    h.can_do(w, "f");
+    assert_eq!(h.pre_sleep(w), vec![]);
+    assert_eq!(h.submit(c, Command::SubmitJob, "f", "", "1"), vec![created(c, "H:t:1"), noop(w)]);
+    // Another worker takes the job before the woken one asks.
+    let other = h.connect();
+    h.can_do(other, "f");
+    assert_eq!(h.grab(other), vec![assign(other, "H:t:1", "f", "1")]);
+    // The woken one sends PRE_SLEEP again instead of GRAB_JOB: it is asleep anew and
+    // the next job must wake it.
+    assert_eq!(h.pre_sleep(w), vec![]);
+    assert_eq!(h.submit(c, Command::SubmitJob, "f", "", "2"), vec![created(c, "H:t:2"), noop(w)]);
+}
+
+#[test]
+fn sleeper_queues_stay_bounded_when_workers_cycle() {
+    let mut h = Harness::new();
+    let c = h.connect();
+    let w = h.connect();
+    // Registered for two functions, woken only through "g": the entries under "f"
+    // go stale each cycle and must be compacted away.
+    h.can_do(w, "f");
+    h.can_do(w, "g");
+    for i in 0..1000 {
+        assert_eq!(h.pre_sleep(w), vec![]);
+        let handle = format!("H:t:{}", i + 1);
+        assert_eq!(h.submit(c, Command::SubmitJobBg, "g", "", "x"), vec![created(c, &handle), noop(w)]);
+        assert_eq!(h.grab(w), vec![assign(w, &handle, "g", "x")]);
+        h.send(w, Command::WorkComplete, &[handle.as_bytes(), b""]);
+    }
+    let longest = h.e.functions.iter().map(|(_, f)| f.sleepers.len()).max().unwrap_or(0);
+    assert!(longest <= 2 * 1 + 16 + 1, "sleeper queue grew to {longest}");
+}
+
+#[test]
+fn every_sleeper_is_woken_with_worker_wakeup_0() {
+    let mut h = Harness::with(EngineConfig { worker_wakeup: 0, ..config() });
     let c = h.connect();
     let ws: Vec<ConnId> = (0..3).map(|_| h.connect()).collect();
     for &w in &ws {

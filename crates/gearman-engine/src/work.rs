@@ -3,7 +3,6 @@
 
 use std::cmp::Reverse;
 
-use bytes::Bytes;
 use gearman_proto::{Command, Packet};
 
 use crate::engine::error;
@@ -20,12 +19,17 @@ const MIN_WORK_TIMEOUT_MS: u32 = 1000;
 const MAX_HANDLE_BYTES: usize = 64;
 
 impl Engine {
-    pub(crate) fn can_do(&mut self, conn: ConnId, name: Bytes, timeout_ms: u32) {
+    pub(crate) fn can_do(&mut self, conn: ConnId, name: &[u8], timeout_ms: u32) {
         let fid = self.function_id(name);
         let Some(s) = self.sessions.get_mut(conn) else { return };
         s.abilities.insert(0, Ability { function: fid, timeout_ms });
+        // A connection asleep already can be woken for its new function too.
+        let asleep = (s.sleeping && !s.noop_sent).then_some(s.sleep_gen);
         if let Some(f) = self.functions.get_mut(fid) {
             f.workers.push(conn);
+            if let Some(generation) = asleep {
+                f.sleepers.push_back((conn, generation));
+            }
         }
     }
 
@@ -48,6 +52,7 @@ impl Engine {
         out: &mut dyn Outbox,
     ) {
         let Some(s) = self.sessions.get_mut(conn) else { return };
+        let woken_not_grabbed = s.sleeping && s.noop_sent;
         let mut dropped: Vec<FunctionId> = Vec::new();
         s.abilities.retain(|a| {
             let m = matches(a.function);
@@ -72,6 +77,9 @@ impl Engine {
             }
             self.requeue_lost(jid, seq, now, out);
         }
+        if woken_not_grabbed {
+            self.pass_on_wakeup(&dropped, out);
+        }
     }
 
     pub(crate) fn pre_sleep(&mut self, conn: ConnId, now: NowMs, out: &mut dyn Outbox) {
@@ -79,13 +87,17 @@ impl Engine {
         // not woken by them and then answered with a second NOOP below.
         let was_sleeping = self.sessions.get_mut(conn).is_some_and(|s| std::mem::take(&mut s.sleeping));
         self.promote_due(now, out);
-        let has_work = self.sessions.get(conn).is_some_and(|s| {
-            s.abilities.iter().any(|a| {
-                self.functions.get(a.function).is_some_and(|f| {
-                    f.queues.iter().flatten().any(|&(j, q)| self.live_job(j, q).is_some_and(|j| !j.abandoned))
-                })
-            })
-        });
+        // Indexing rather than iterating: has_live_job discards jobs (needs `self`
+        // mutably) but never changes this connection's abilities.
+        let mut has_work = false;
+        for pos in 0.. {
+            let ability = self.sessions.get(conn).and_then(|s| s.abilities.get(pos));
+            let Some(fid) = ability.map(|a| a.function) else { break };
+            if self.has_live_job(fid, out) {
+                has_work = true;
+                break;
+            }
+        }
         if has_work {
             if let Some(s) = self.sessions.get_mut(conn) {
                 s.sleeping = was_sleeping;
@@ -93,9 +105,7 @@ impl Engine {
             out.packet(conn, Command::Noop, &[]);
             return;
         }
-        if let Some(s) = self.sessions.get_mut(conn) {
-            s.sleeping = true;
-        }
+        self.add_sleeper(conn);
     }
 
     pub(crate) fn grab_job(&mut self, conn: ConnId, kind: Command, now: NowMs, out: &mut dyn Outbox) {
@@ -124,6 +134,34 @@ impl Engine {
             }
         }
         out.packet(conn, Command::NoJob, &[]);
+    }
+
+    /// Whether a function has a queued job a worker would get. Abandoned (cancelled)
+    /// jobs at the head of a queue are discarded on the way, as GRAB_JOB would, and as
+    /// gearmand's peek does: skipping over them instead made every PRE_SLEEP scan all
+    /// of them again (a mass `cancel job` left each PRE_SLEEP linear in queue depth).
+    fn has_live_job(&mut self, fid: FunctionId, out: &mut dyn Outbox) -> bool {
+        for prio in 0..3 {
+            loop {
+                let head = self.functions.get(fid).and_then(|f| f.queues.get(prio)).and_then(|q| q.front());
+                let Some(&(jid, seq)) = head else { break };
+                match self.live_job(jid, seq) {
+                    Some(job) if !job.abandoned => return true,
+                    Some(_) => {
+                        self.pop_head(fid, prio);
+                        self.remove_job(jid, out);
+                    }
+                    None => self.pop_head(fid, prio),
+                }
+            }
+        }
+        false
+    }
+
+    fn pop_head(&mut self, fid: FunctionId, prio: usize) {
+        if let Some(q) = self.functions.get_mut(fid).and_then(|f| f.queues.get_mut(prio)) {
+            q.pop_front();
+        }
     }
 
     /// Pops the first wanted job of a function, highest priority first, discarding

@@ -203,7 +203,8 @@ pub struct Config {
     pub user: Option<String>,
     /// `--verbose`: log level (default ERROR).
     pub verbose: Verbose,
-    /// `-w/--worker-wakeup`: NOOPs sent per queued job, 0 = all sleepers.
+    /// `-w/--worker-wakeup`: NOOPs sent per queued job, 0 = all sleepers (default 1;
+    /// gearmand's is 0: see `EngineConfig::worker_wakeup`).
     /// Kept as `u32`: gearmand stores it in 8 bits, a bug we do not copy.
     pub worker_wakeup: u32,
     /// `--ssl`: TLS on the Gear port.
@@ -255,7 +256,7 @@ impl Default for Config {
             coredump: false,
             user: None,
             verbose: Verbose::Error,
-            worker_wakeup: 0,
+            worker_wakeup: 1,
             ssl: false,
             ssl_ca_file: "/etc/ssl/certs/gearmand-ca.pem".into(),
             ssl_certificate: "/etc/ssl/certs/gearmand.pem".into(),
@@ -334,7 +335,7 @@ const OPTIONS: &[Opt] = &[
     value("user", Some('u'), None, GENERAL, "Switch to this user after startup."),
     value("verbose", None, Some("ERROR"), GENERAL, "Log level: FATAL, ALERT, CRITICAL, ERROR, WARNING, NOTICE, INFO or DEBUG."),
     flag("version", Some('V'), GENERAL, "Show the version and exit."),
-    value("worker-wakeup", Some('w'), Some("0"), GENERAL, "Number of sleeping workers woken for each new job. 0 wakes all of them."),
+    value("worker-wakeup", Some('w'), Some("1"), GENERAL, "Number of sleeping workers woken for each new job. 0 wakes all of them (gearmand's default; ours is 1)."),
     Opt {
         long: "check-args",
         short: None,

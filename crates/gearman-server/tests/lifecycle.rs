@@ -599,8 +599,9 @@ fn sleepers(s: &Server, n: usize) -> Vec<Conn> {
         .collect()
 }
 
-fn case_wakeup_all_default(kind: Kind) {
-    let Some(s) = start(kind, &[]) else { return };
+/// `-w 0` (gearmand's default) wakes every sleeper for each job.
+fn case_wakeup_all(kind: Kind) {
+    let Some(s) = start(kind, &["-w", "0"]) else { return };
     let mut ws = sleepers(&s, 3);
     let mut c = s.connect();
     c.submit(SUBMIT_JOB_BG, "f", "", "1");
@@ -608,7 +609,28 @@ fn case_wakeup_all_default(kind: Kind) {
     c.submit(SUBMIT_JOB_BG, "f", "", "2");
     assert_eq!(woken(&mut ws), Vec::<usize>::new());
 }
-both!(case_wakeup_all_default, ours_wakeup_all_default, real_wakeup_all_default);
+both!(case_wakeup_all, ours_wakeup_all, real_wakeup_all);
+
+/// Our default is one sleeper per job (COMPATIBILITY.md): each job still finds a
+/// worker, with a third fewer packets under foreground load.
+#[test]
+fn ours_wakeup_one_per_job_by_default() {
+    let Some(s) = start(Kind::Ours, &[]) else { return };
+    let mut ws = sleepers(&s, 3);
+    let mut c = s.connect();
+    c.submit(SUBMIT_JOB_BG, "f", "", "1");
+    let first = woken(&mut ws);
+    assert_eq!(first.len(), 1, "{first:?}");
+    c.submit(SUBMIT_JOB_BG, "f", "", "2");
+    let second = woken(&mut ws);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(first, second);
+    // The woken workers take both jobs; the third slept through it all.
+    for &i in first.iter().chain(&second) {
+        ws[i].req(GRAB_JOB, &[]);
+        assert_eq!(ws[i].read_packet().command, JOB_ASSIGN, "worker {i}");
+    }
+}
 
 fn case_wakeup_one(kind: Kind) {
     let Some(s) = start(kind, &["-w", "1"]) else {
