@@ -6,12 +6,12 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use gearman_engine::{ConnId, PeerInfo};
 use gearman_proto::{decode, Frame, Limits, ProtoError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{now_ms, Shared};
-use crate::outbound::Outbound;
+use crate::outbound::{Flushed, Outbound};
 
 /// Read buffer size; reads larger than this just take several turns.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -40,7 +40,8 @@ pub(crate) async fn serve(
     };
     let _ = stream.set_nodelay(true);
     let done = stop.child_token();
-    let outbound = Arc::new(Outbound::new(limits.max_output_bytes, done.clone()));
+    let (mut rd, wr) = stream.into_split();
+    let outbound = Arc::new(Outbound::with_socket(Some(wr), limits.max_output_bytes, done.clone()));
     let conn = {
         let mut core = shared.core.lock();
         let conn = core.engine.connect(peer.clone());
@@ -48,41 +49,40 @@ pub(crate) async fn serve(
         conn
     };
     tracing::info!("Accepted connection from {}", peer.ip);
-    let (mut rd, mut wr) = stream.into_split();
 
+    // The writer only sends what producers could not (the socket was full), and
+    // closes the connection when asked to.
     let writer = {
         let outbound = outbound.clone();
         let done = done.clone();
         tokio::spawn(async move {
-            let mut pending = BytesMut::with_capacity(4096);
             loop {
                 tokio::select! {
                     _ = outbound.ready.notified() => {}
                     _ = done.cancelled() => break,
                 }
-                // Read the flag before taking the bytes: whatever was queued before
-                // the close request is then sure to be in this take.
+                // Read the flag before flushing: whatever was queued before the
+                // close request is then sure to be flushed below.
                 let closing = outbound.is_closing();
-                outbound.take(&mut pending);
-                if !pending.is_empty() {
-                    let written = tokio::select! {
-                        r = wr.write_all(&pending) => r,
-                        _ = done.cancelled() => break,
+                let failed = loop {
+                    match outbound.flush() {
+                        Flushed::All => break false,
+                        Flushed::Failed => break true,
+                        Flushed::Blocked => {}
+                    }
+                    let writable = tokio::select! {
+                        r = outbound.writable() => r,
+                        _ = done.cancelled() => Err(std::io::ErrorKind::Interrupted.into()),
                     };
-                    pending.clear();
-                    if written.is_err() {
-                        break;
+                    if writable.is_err() {
+                        break true;
                     }
-                    // One huge reply must not pin its buffer for the connection's life.
-                    if pending.capacity() > MAX_IDLE_BUFFER_BYTES {
-                        pending = BytesMut::with_capacity(4096);
-                    }
-                }
-                if closing {
+                };
+                if failed || closing {
                     break;
                 }
             }
-            let _ = wr.shutdown().await;
+            outbound.shutdown();
             done.cancel();
         })
     };

@@ -60,8 +60,9 @@ impl Shared {
         }
     }
 
-    /// Runs `f` on the engine with an outbox that routes to connections, then wakes
-    /// the writers that got output and, if needed, the timer task.
+    /// Runs `f` on the engine with an outbox that routes to connections, then writes
+    /// what it produced (waking a writer only where the socket was full) and, if
+    /// needed, wakes the timer task.
     pub(crate) fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, &mut Router<'_>) -> R) -> R {
         let mut touched = Vec::new();
         let (result, next, ops) = {
@@ -78,7 +79,7 @@ impl Shared {
             }
         }
         for out in touched {
-            out.ready.notify_one();
+            out.flush_or_wake();
         }
         if let Some(due) = next {
             if due < self.timer_due.load(Ordering::Relaxed) {
