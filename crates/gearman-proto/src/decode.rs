@@ -55,6 +55,18 @@ pub fn decode(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, Prot
     }
 }
 
+/// Size of the binary packet at the front of `buf` (header included), once its header
+/// is in; `None` for an admin line or an incomplete header. Lets a reader avoid
+/// growing a buffer that already has room for the packet it is receiving.
+pub fn pending_packet_len(buf: &[u8]) -> Option<usize> {
+    let header = buf.get(..HEADER_BYTES)?;
+    if header.first() != Some(&0) {
+        return None;
+    }
+    let size = header.get(8..12).and_then(|w| <[u8; 4]>::try_from(w).ok()).map(u32::from_be_bytes)?;
+    Some(HEADER_BYTES.saturating_add(size as usize))
+}
+
 fn decode_packet(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, ProtoError> {
     let Some(header) = buf.get(..HEADER_BYTES) else {
         // Reject a bad magic as soon as its 4 bytes are in, like gearmand does.
@@ -79,6 +91,17 @@ fn decode_packet(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, P
     }
     let total = HEADER_BYTES.saturating_add(size as usize);
     if buf.len() < total {
+        if total <= RESERVE_CHUNK_BYTES && buf.capacity() < total {
+            // Give the packet a buffer of exactly its size, holding only its bytes:
+            // its body is then kept (by a queued job) without pinning a larger read
+            // buffer, and the reader's next buffer starts fresh. Growing the shared
+            // buffer instead doubled it and copied every byte read so far, which made
+            // 64 KiB submits several times slower than gearmand's.
+            let mut exact = BytesMut::with_capacity(total);
+            exact.extend_from_slice(buf);
+            *buf = exact;
+            return Ok(None);
+        }
         // Reserve room for the body as it arrives, but never more than a chunk at a
         // time: a 12-byte header alone must not make the server allocate megabytes.
         buf.reserve(total.saturating_sub(buf.len()).min(RESERVE_CHUNK_BYTES));
@@ -147,6 +170,28 @@ mod tests {
 
     fn next(b: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
         decode(b, &Limits::default())
+    }
+
+    #[test]
+    fn a_large_packet_gets_a_buffer_of_its_exact_size() {
+        let mut body = b"f\0\0".to_vec();
+        body.extend(std::iter::repeat_n(7u8, 65536));
+        let bytes = packet_bytes(b"\0REQ", 18, &body);
+        assert_eq!(pending_packet_len(&bytes[..11]), None);
+        assert_eq!(pending_packet_len(&bytes), Some(bytes.len()));
+        assert_eq!(pending_packet_len(b"status\n\0\0\0\0\0\0"), None);
+        // The first 4 KiB arrive in a small buffer: the decoder moves them to a
+        // buffer sized for the whole packet, which the rest then fills.
+        let mut b = BytesMut::with_capacity(4096);
+        b.extend_from_slice(&bytes[..4096]);
+        assert_eq!(next(&mut b), Ok(None));
+        assert_eq!(b.capacity(), bytes.len());
+        assert_eq!(&b[..], &bytes[..4096]);
+        b.extend_from_slice(&bytes[4096..]);
+        assert_eq!(b.capacity(), bytes.len(), "filling it must not grow it");
+        let p = next_packet(&mut b);
+        assert_eq!(p.arg(2).len(), 65536);
+        assert!(b.is_empty());
     }
 
     fn next_packet(b: &mut BytesMut) -> Packet {

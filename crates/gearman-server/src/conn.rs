@@ -92,7 +92,10 @@ pub(crate) async fn serve(
         if buf.is_empty() && buf.capacity() > MAX_IDLE_BUFFER_BYTES {
             buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
         }
-        if buf.capacity() - buf.len() < 1024 {
+        // A packet the decoder gave an exact-size buffer is read into it to the end;
+        // growing it would copy it and pin a larger allocation.
+        let fits = gearman_proto::pending_packet_len(&buf).is_some_and(|t| t <= buf.capacity());
+        if !fits && buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_CHUNK_BYTES);
         }
         let n = tokio::select! {
