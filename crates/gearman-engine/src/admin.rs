@@ -228,9 +228,7 @@ impl Engine {
         let key = job.coalesce.take();
         for c in listeners {
             out.packet(c, Command::WorkFail, &[handle]);
-            if let Some(s) = self.sessions.get_mut(c) {
-                s.listening.retain(|&(j, q)| !(j == jid && q == seq));
-            }
+            self.unlisten(c, jid, seq);
         }
         // Cancelled means gone for the store too (gearmand removes the row here). A
         // job still being stored is forgotten when a worker reaches and discards it.

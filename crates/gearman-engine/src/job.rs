@@ -1,5 +1,7 @@
 //! One job: what was submitted, where it is now, and who waits for its result.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 
 use crate::ConnId;
@@ -74,7 +76,7 @@ pub(crate) struct Job {
     pub(crate) state: JobState,
     /// Foreground connections waiting for results, newest first; a connection that
     /// submitted twice is listed twice, as in gearmand.
-    pub(crate) listeners: Vec<ConnId>,
+    pub(crate) listeners: VecDeque<ConnId>,
     /// Times a worker lost the job (disconnect, CANT_DO, timeout).
     pub(crate) retries: u32,
     pub(crate) numerator: u32,

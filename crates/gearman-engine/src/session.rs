@@ -41,6 +41,8 @@ pub(crate) struct Session {
     pub(crate) running: Vec<(JobId, u64)>,
     /// Jobs this connection listens to as a foreground client: (job, seq).
     pub(crate) listening: Vec<(JobId, u64)>,
+    /// Entries of `listening` still live (the rest are stale: see `Engine::unlisten`).
+    pub(crate) listening_live: usize,
     /// Order of connection, for stable admin listings.
     pub(crate) created: u64,
 }
@@ -58,6 +60,7 @@ impl Session {
             sleep_gen: 0,
             running: Vec::new(),
             listening: Vec::new(),
+            listening_live: 0,
             created,
         }
     }

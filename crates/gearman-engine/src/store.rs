@@ -66,10 +66,8 @@ impl Engine {
                     // Not stored, so there is nothing to forget.
                     job.store_key = None;
                     self.by_store_key.remove(&key);
-                    // Foreground clients that joined were answered with the ERROR too.
-                    if let Some(job) = self.jobs.get_mut(jid) {
-                        job.listeners.clear();
-                    }
+                    // Foreground clients that joined were answered with the ERROR too;
+                    // removing the job ends their listening.
                     self.remove_job(jid, out);
                 }
             }

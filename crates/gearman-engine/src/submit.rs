@@ -2,6 +2,7 @@
 //! GET_STATUS_UNIQUE, OPTION_REQ and SET_CLIENT_ID.
 
 use std::cmp::Reverse;
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use gearman_proto::{Command, Packet};
@@ -84,9 +85,10 @@ impl Engine {
         job.queued_at_ms = now;
         let (seq, handle) = (job.seq, job.handle.clone());
         if !k.background {
-            job.listeners.push(conn);
+            job.listeners.push_back(conn);
             if let Some(s) = self.sessions.get_mut(conn) {
                 s.listening.push((jid, seq));
+                s.listening_live += 1;
             }
         }
         if k.background && self.config.persistent {
@@ -150,7 +152,7 @@ impl Engine {
             store_key: None,
             created_waiters: Vec::new(),
             state: JobState::Queued,
-            listeners: Vec::new(),
+            listeners: VecDeque::new(),
             retries: 0,
             numerator: 0,
             denominator: 0,
@@ -192,12 +194,13 @@ impl Engine {
             job.bg_joined = true;
             job.abandoned = false;
         } else {
-            job.listeners.insert(0, conn);
+            job.listeners.push_front(conn);
             // gearmand leaves the flag set and the new client hangs (§4.10 [bug]).
             job.abandoned = false;
             let seq = job.seq;
             if let Some(s) = self.sessions.get_mut(conn) {
                 s.listening.push((jid, seq));
+                s.listening_live += 1;
             }
         }
         if self.jobs.get(jid).is_some_and(|j| j.is_persisting()) {

@@ -290,3 +290,51 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use gearman_proto::{Command, Magic, Packet};
+
+    use crate::{ConnId, Engine, EngineConfig, NowMs, PeerInfo, RecordingOutbox, Sent};
+
+    const NOW: NowMs = 1_700_000_000_000;
+
+    fn send(e: &mut Engine, out: &mut RecordingOutbox, c: ConnId, cmd: Command, args: &[&[u8]]) -> Vec<Sent> {
+        let p = Packet::new(Magic::Req, cmd, args).expect("valid layout");
+        e.handle_packet(c, &p, NOW, out);
+        e.check_invariants().expect("invariants hold");
+        out.take()
+    }
+
+    /// PRE_SLEEP discards the cancelled jobs it finds at the head of a queue (as
+    /// gearmand's peek does), so asking again does not rescan them.
+    #[test]
+    fn pre_sleep_discards_cancelled_jobs_ahead_of_it() {
+        let config = EngineConfig { handle_prefix: "H:t".into(), ..EngineConfig::default() };
+        let (mut e, mut out) = (Engine::new(config), RecordingOutbox::default());
+        let c = e.connect(PeerInfo { label: 0, ip: "127.0.0.1".into() });
+        let w = e.connect(PeerInfo { label: 1, ip: "127.0.0.1".into() });
+        send(&mut e, &mut out, w, Command::CanDo, &[b"f"]);
+        for _ in 0..3 {
+            send(&mut e, &mut out, c, Command::SubmitJobHighBg, &[b"f", b"", b"x"]);
+        }
+        send(&mut e, &mut out, c, Command::SubmitJobBg, &[b"f", b"", b"live"]);
+        for h in ["H:t:1", "H:t:2", "H:t:3"] {
+            e.handle_admin(c, format!("cancel job {h}").as_bytes(), &mut out);
+        }
+        out.take();
+        assert_eq!(
+            send(&mut e, &mut out, w, Command::PreSleep, &[]),
+            vec![Sent::Packet(w, Command::Noop, vec![])]
+        );
+        assert_eq!(e.job_count(), 1, "the cancelled jobs were discarded");
+        e.handle_admin(c, b"cancel job H:t:4", &mut out);
+        out.take();
+        assert_eq!(send(&mut e, &mut out, w, Command::PreSleep, &[]), vec![], "nothing live: sleep");
+        assert_eq!(e.job_count(), 0);
+        assert_eq!(
+            send(&mut e, &mut out, w, Command::GrabJob, &[]),
+            vec![Sent::Packet(w, Command::NoJob, vec![])]
+        );
+    }
+}
