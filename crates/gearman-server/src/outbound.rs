@@ -111,7 +111,11 @@ impl Outbound {
     }
 
     /// An outbound buffer that [`Outbound::flush`] writes to `socket`.
-    pub(crate) fn with_socket(socket: Option<OwnedWriteHalf>, max_bytes: usize, kill: CancellationToken) -> Outbound {
+    pub(crate) fn with_socket(
+        socket: Option<OwnedWriteHalf>,
+        max_bytes: usize,
+        kill: CancellationToken,
+    ) -> Outbound {
         Outbound {
             pending: Mutex::new(Pending { ready: BytesMut::with_capacity(4096), ..Default::default() }),
             socket,
