@@ -74,6 +74,36 @@ pub(crate) async fn check_empty(addr: SocketAddr, functions: &[Vec<u8>]) -> Resu
     Ok(())
 }
 
+/// Why `rows` do not show exactly `expected` jobs queued (none running) over
+/// `functions`, or `None` when they do.
+pub(crate) fn queued_mismatch(rows: &[StatusRow], functions: &[Vec<u8>], expected: u64) -> Option<String> {
+    let mut total = 0u64;
+    let mut running = 0u64;
+    for f in functions {
+        let Some(row) = rows.iter().find(|r| &r.name == f) else {
+            return Some(format!("`status` does not list function {}", String::from_utf8_lossy(f)));
+        };
+        total += row.total;
+        running += row.running;
+    }
+    if total != expected || running != 0 {
+        return Some(format!(
+            "`status` shows {total} job(s), {running} running, over the run's functions; {expected} should be queued"
+        ));
+    }
+    None
+}
+
+/// Fails unless `status` shows exactly `expected` jobs queued, none running, over
+/// `functions` (the check of `bg-submit --no-drain --check-queued`).
+pub(crate) async fn check_queued(addr: SocketAddr, functions: &[Vec<u8>], expected: u64) -> Result<()> {
+    let rows = status(addr).await?;
+    match queued_mismatch(&rows, functions, expected) {
+        Some(e) => bail!(e),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +118,18 @@ mod tests {
         assert_eq!(parse_status_line(b"\t1\t0\t0").map(|r| r.name), Some(Vec::new()));
         assert_eq!(parse_status_line(b"x\t1\t0"), None);
         assert_eq!(parse_status_line(b"x\t1\tz\t0"), None);
+    }
+
+    #[test]
+    fn queued_counts_are_summed_over_the_run_functions() {
+        let row =
+            |n: &str, total, running| StatusRow { name: n.as_bytes().to_vec(), total, running, workers: 0 };
+        let rows = [row("a", 3, 0), row("b", 4, 0), row("other", 9, 1)];
+        let fs = [b"a".to_vec(), b"b".to_vec()];
+        assert_eq!(queued_mismatch(&rows, &fs, 7), None);
+        assert!(queued_mismatch(&rows, &fs, 6).is_some_and(|e| e.contains("7 job(s)")));
+        assert!(queued_mismatch(&rows, &[b"c".to_vec()], 0).is_some_and(|e| e.contains("does not list")));
+        let busy = [row("a", 3, 1)];
+        assert!(queued_mismatch(&busy, &fs[..1], 3).is_some_and(|e| e.contains("1 running")));
     }
 }

@@ -7,6 +7,8 @@
 
 mod admin;
 mod conn;
+mod idle;
+mod null_server;
 mod payload;
 mod report;
 mod scenario;
@@ -30,6 +32,9 @@ pub(crate) enum Scenario {
     BgE2e,
     /// ECHO_REQ round trips: the loopback bound.
     Echo,
+    /// Not a scenario: serve as a null server (JOB_CREATED for every background
+    /// submit, ECHO_RES for every ECHO_REQ, ERROR for the rest) until stopped.
+    NullServer,
 }
 
 impl Scenario {
@@ -41,6 +46,7 @@ impl Scenario {
             Scenario::Drain => "drain",
             Scenario::BgE2e => "bg-e2e",
             Scenario::Echo => "echo",
+            Scenario::NullServer => "null-server",
         }
     }
 }
@@ -109,6 +115,24 @@ pub(crate) struct Opts {
     /// Run id used in function names and unique keys (default: random).
     #[arg(long)]
     pub(crate) run_id: Option<String>,
+    /// drain only: submit nothing; drain the --jobs jobs an earlier
+    /// `bg-submit --no-drain` left queued (same --run-id, --payload, --functions, --unique).
+    #[arg(long, requires = "run_id")]
+    pub(crate) already_queued: bool,
+    /// Open this many extra connections before the timed part and keep them open,
+    /// idle; each must answer an ECHO before and after the run.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) idle_connections: usize,
+    /// Queue this many background jobs before the timed part: on the run's own
+    /// functions for bg-submit (same unique mode, so a per-job unique index is
+    /// loaded), on a separate function `PREFIX-RUNID-prefill` otherwise. They are
+    /// drained and checked after the run (except bg-submit --no-drain).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) prefill: u64,
+    /// bg-submit --no-drain only: afterwards `status` must show exactly the jobs
+    /// submitted (prefilled ones included) queued over the run's functions.
+    #[arg(long, requires = "no_drain")]
+    pub(crate) check_queued: bool,
 }
 
 impl Opts {
@@ -122,8 +146,27 @@ impl Opts {
     }
 }
 
+/// Raises the soft RLIMIT_NOFILE to the hard limit (many connections need it).
+/// Returns the soft limit in force afterwards.
+fn raise_fd_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
+}
+
 fn main() -> ExitCode {
     let opts = Opts::parse();
+    let fd_limit = raise_fd_limit();
+    if let Some(limit) = fd_limit {
+        // Our own connections plus a few descriptors for the runtime and stdio.
+        let wanted = opts.idle_connections + opts.clients + opts.workers + 64;
+        if (wanted as u64) > limit {
+            eprintln!("gearman-bench: warning: about {wanted} descriptors needed, RLIMIT_NOFILE is {limit}");
+        }
+    }
     let threads =
         opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
@@ -133,6 +176,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if opts.scenario == Scenario::NullServer {
+        let r = rt.block_on(null_server::serve(&opts.host, opts.port));
+        rt.shutdown_background();
+        if let Err(e) = r {
+            eprintln!("gearman-bench: null-server: {e:#}");
+        }
+        return ExitCode::FAILURE;
+    }
     let limit = Duration::from_secs_f64(opts.timeout.max(0.001));
     let outcome = rt.block_on(async {
         match tokio::time::timeout(limit, scenario::run(&opts, threads)).await {

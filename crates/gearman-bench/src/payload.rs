@@ -70,12 +70,15 @@ impl Payload {
     }
 }
 
-/// Checks that `ids` (in any order) are exactly `0..expected`, each once.
-/// Sorts `ids` in place; the error names the first duplicate or missing id.
-pub(crate) fn check_exactly_once(ids: &mut [u64], expected: u64) -> Result<(), String> {
-    ids.sort_unstable();
-    let mut want = 0u64;
-    for &id in ids.iter() {
+/// Id of the first `--prefill` job: prefilled jobs are `PREFILL_BASE + k`, so their
+/// payloads and unique keys never collide with the run's own jobs `0, 1, ...`.
+pub(crate) const PREFILL_BASE: u64 = 1 << 48;
+
+/// Checks that sorted `ids` are exactly `start..start + expected`, each once; the
+/// error names the first duplicate or missing id.
+fn check_sorted_range(ids: &[u64], start: u64, expected: u64) -> Result<(), String> {
+    let mut want = start;
+    for &id in ids {
         if id < want {
             return Err(format!("job {id} was handed to workers more than once"));
         }
@@ -84,10 +87,21 @@ pub(crate) fn check_exactly_once(ids: &mut [u64], expected: u64) -> Result<(), S
         }
         want += 1;
     }
-    if want != expected {
-        return Err(format!("workers saw {want} distinct jobs, {expected} were submitted"));
+    if want - start != expected {
+        return Err(format!("workers saw {} distinct jobs, {expected} were submitted", want - start));
     }
     Ok(())
+}
+
+/// Checks that `ids` are exactly the run's jobs `0..run` plus the prefilled jobs
+/// `PREFILL_BASE..PREFILL_BASE + prefill`, each once, in any order. Sorts `ids` in
+/// place; the error names the first duplicate or missing id.
+pub(crate) fn check_run_and_prefill(ids: &mut [u64], run: u64, prefill: u64) -> Result<(), String> {
+    ids.sort_unstable();
+    let split = ids.partition_point(|&id| id < PREFILL_BASE);
+    let (own, pre) = ids.split_at(split);
+    check_sorted_range(own, 0, run)?;
+    check_sorted_range(pre, PREFILL_BASE, prefill).map_err(|e| format!("prefilled jobs: {e}"))
 }
 
 #[cfg(test)]
@@ -114,6 +128,10 @@ mod tests {
         }
     }
 
+    fn check_exactly_once(ids: &mut [u64], expected: u64) -> Result<(), String> {
+        check_run_and_prefill(ids, expected, 0)
+    }
+
     #[test]
     fn exactly_once_detects_duplicates_and_gaps() {
         assert!(check_exactly_once(&mut [2, 0, 1], 3).is_ok());
@@ -124,5 +142,26 @@ mod tests {
         assert!(gap.contains("job 1 was never"), "{gap}");
         let short = check_exactly_once(&mut [0, 1], 3).unwrap_err();
         assert!(short.contains("2 distinct"), "{short}");
+    }
+
+    #[test]
+    fn run_and_prefill_ranges_are_checked_apart() {
+        let b = PREFILL_BASE;
+        assert!(check_run_and_prefill(&mut [b + 1, 1, b, 0, b + 2], 2, 3).is_ok());
+        assert!(check_run_and_prefill(&mut [b, b + 1], 0, 2).is_ok());
+        assert!(check_run_and_prefill(&mut [1, 0], 2, 0).is_ok());
+        assert!(check_run_and_prefill(&mut [], 0, 0).is_ok());
+        let missing = check_run_and_prefill(&mut [0, 1, b, b + 2], 2, 3).unwrap_err();
+        assert!(missing.contains("prefilled") && missing.contains(&format!("job {}", b + 1)), "{missing}");
+        let dup = check_run_and_prefill(&mut [0, 0, b], 1, 1).unwrap_err();
+        assert!(dup.contains("job 0") && !dup.contains("prefilled"), "{dup}");
+        // A prefilled job may not stand in for a run's job, nor the other way round.
+        assert!(check_run_and_prefill(&mut [0, b, b + 1], 2, 1).is_err());
+        assert!(check_run_and_prefill(&mut [0, 1, b], 1, 2).is_err());
+        // Payloads carry prefilled ids whole.
+        let p = Payload::new(16, 9);
+        let mut buf = Vec::new();
+        p.fill(b + 5, &mut buf);
+        assert_eq!(p.id_of(&buf), Some(b + 5));
     }
 }

@@ -38,6 +38,10 @@ pub(crate) struct Report {
     pub(crate) submit: Option<(u64, f64)>,
     /// What the latency measures, and its percentiles.
     pub(crate) latency: Option<(&'static str, Summary)>,
+    /// Extra idle connections held open during the run.
+    pub(crate) idle_connections: usize,
+    /// Jobs queued before the timed part, and the seconds that took.
+    pub(crate) prefill: Option<(u64, f64)>,
     /// What was checked.
     pub(crate) verified: String,
 }
@@ -69,6 +73,8 @@ impl Report {
             unit: "jobs",
             submit: None,
             latency: None,
+            idle_connections: opts.idle_connections,
+            prefill: None,
             verified: String::new(),
         }
     }
@@ -103,6 +109,16 @@ impl Report {
             unique_name(self.unique),
             self.threads
         );
+        if self.idle_connections > 0 {
+            let _ = writeln!(s, "  {} idle connections held open", self.idle_connections);
+        }
+        if let Some((n, secs)) = self.prefill {
+            let _ = writeln!(
+                s,
+                "  prefill (untimed): {n} jobs queued in {secs:.3} s = {:.0} submits/s",
+                rate(n, secs)
+            );
+        }
         if let Some((n, secs)) = self.submit {
             let _ =
                 writeln!(s, "  submit phase: {n} submits in {secs:.3} s = {:.0} submits/s", rate(n, secs));
@@ -142,6 +158,14 @@ impl Report {
             self.seconds,
             self.rate()
         );
+        let _ = write!(s, ",\"idle_connections\":{}", self.idle_connections);
+        if let Some((n, secs)) = self.prefill {
+            let _ = write!(
+                s,
+                ",\"prefill\":{n},\"prefill_seconds\":{secs:.6},\"prefill_rate\":{:.1}",
+                rate(n, secs)
+            );
+        }
         if let Some((n, secs)) = self.submit {
             let _ = write!(
                 s,

@@ -15,11 +15,11 @@ use hdrhistogram::Histogram;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::admin;
 use crate::conn::{packet, unexpected, Conn, Event};
-use crate::payload::{check_exactly_once, Payload};
+use crate::payload::{check_run_and_prefill, Payload, PREFILL_BASE};
 use crate::report::Report;
 use crate::stats::{new_histogram, record, Summary};
+use crate::{admin, idle};
 use crate::{Opts, Scenario, UniqueMode};
 
 /// Live counts of the current run, reported when it times out.
@@ -45,9 +45,10 @@ impl Counters {
     }
 }
 
-/// Hands out job ids `0, 1, 2, ...` until the count or the deadline is reached.
+/// Hands out job ids `base, base + 1, ...` until the count or the deadline is reached.
 struct Tickets {
     next: AtomicU64,
+    base: u64,
     total: Option<u64>,
     deadline: Option<Instant>,
 }
@@ -56,6 +57,7 @@ impl Tickets {
     fn new(total: Option<u64>, seconds: Option<f64>) -> Tickets {
         Tickets {
             next: AtomicU64::new(0),
+            base: 0,
             total,
             deadline: seconds.map(|s| Instant::now() + Duration::from_secs_f64(s)),
         }
@@ -68,7 +70,7 @@ impl Tickets {
         let id = self.next.fetch_add(1, SeqCst);
         match self.total {
             Some(t) if id >= t => None,
-            _ => Some(id),
+            _ => Some(self.base + id),
         }
     }
 
@@ -450,19 +452,67 @@ async fn run_clients(
     Ok((done, hist, start.elapsed()))
 }
 
-/// Checks workers' counts and ids against `expected` jobs, then that the queue is empty.
-async fn verify(setup: &Setup, workers: Vec<WorkerResult>, expected: u64) -> Result<String> {
+/// Checks workers' counts and ids against `expected` jobs of the run plus `prefill`
+/// prefilled ones, then that the queue is empty.
+async fn verify(setup: &Setup, workers: Vec<WorkerResult>, expected: u64, prefill: u64) -> Result<String> {
     let seen: u64 = workers.iter().map(|w| w.jobs).sum();
-    ensure!(seen == expected, "workers completed {seen} jobs, {expected} were submitted");
+    let all = expected + prefill;
+    let what = if prefill > 0 && expected > 0 {
+        format!("{expected} jobs + {prefill} prefilled")
+    } else if prefill > 0 {
+        format!("{prefill} prefilled jobs")
+    } else {
+        format!("{expected} jobs")
+    };
+    ensure!(seen == all, "workers completed {seen} jobs, {what} were submitted");
     let how = if setup.ids_recoverable() {
         let mut ids: Vec<u64> = workers.into_iter().flat_map(|w| w.ids).collect();
-        check_exactly_once(&mut ids, expected).map_err(anyhow::Error::msg)?;
+        check_run_and_prefill(&mut ids, expected, prefill).map_err(anyhow::Error::msg)?;
         "each job handed to a worker exactly once (by id)"
     } else {
         "worker job count matches (payload < 8 B and no unique: ids not checked)"
     };
     admin::check_empty(setup.addr, &setup.functions).await?;
-    Ok(format!("{expected} jobs; {how}; status shows no job left"))
+    Ok(format!("{what}; {how}; status shows no job left"))
+}
+
+/// Jobs queued by `--prefill` before the timed part.
+struct Prefill {
+    /// Where they are: the run's own setup (bg-submit) or one with a separate function.
+    setup: Arc<Setup>,
+    /// Whether they are on the run's own functions.
+    same: bool,
+    jobs: u64,
+    seconds: f64,
+}
+
+/// Queues `n` background jobs with ids from [`PREFILL_BASE`] on `setup`'s functions.
+async fn prefill(setup: Arc<Setup>, same: bool, n: u64, opts: &Opts) -> Result<Prefill> {
+    let conns = connect_all(setup.addr, opts.clients).await?;
+    let sh = Arc::new(ClientShared {
+        setup: setup.clone(),
+        mode: ClientMode::Bg,
+        window: opts.window.max(16),
+        tickets: Tickets { base: PREFILL_BASE, ..Tickets::new(Some(n), None) },
+    });
+    let (done, _, elapsed) = run_clients(conns, sh, None).await.context("prefilling the queue")?;
+    ensure!(done == n, "prefill: {done} JOB_CREATED received, {n} submitted");
+    Ok(Prefill { setup, same, jobs: n, seconds: elapsed.as_secs_f64() })
+}
+
+/// Drains prefilled jobs on their separate function and checks them; returns what
+/// was verified.
+async fn drain_prefill(p: &Prefill, workers: usize) -> Result<String> {
+    let progress = Progress::new();
+    progress.set_target(p.jobs);
+    let conns = register_workers(&p.setup, workers).await?;
+    let start = Instant::now();
+    let mut w = Workers::spawn_on(conns, &p.setup, &progress);
+    w.until_stopped().await.context("draining the prefilled jobs")?;
+    let secs = progress.end().duration_since(start).as_secs_f64();
+    let results = w.join().await?;
+    let v = verify(&p.setup, results, 0, p.jobs).await?;
+    Ok(format!("prefill drained afterwards in {secs:.3} s (untimed): {v}"))
 }
 
 fn run_id() -> String {
@@ -473,11 +523,13 @@ fn run_id() -> String {
 
 /// Runs the scenario chosen by `opts`.
 pub(crate) async fn run(opts: &Opts, threads: usize) -> Result<Report> {
+    ensure!(opts.scenario != Scenario::NullServer, "null-server is not a scenario to measure");
     ensure!(opts.clients >= 1, "--clients must be at least 1");
     ensure!(opts.window >= 1, "--window must be at least 1");
     ensure!(opts.functions >= 1, "--functions must be at least 1");
     let needs_workers = matches!(opts.scenario, Scenario::Fg | Scenario::Drain | Scenario::BgE2e)
-        || (opts.scenario == Scenario::BgSubmit && !opts.no_drain);
+        || (opts.scenario == Scenario::BgSubmit && !opts.no_drain)
+        || (opts.prefill > 0 && opts.scenario != Scenario::BgSubmit);
     ensure!(!needs_workers || opts.workers >= 1, "--workers must be at least 1");
     let addr = (opts.host.as_str(), opts.port)
         .to_socket_addrs()
@@ -495,7 +547,55 @@ pub(crate) async fn run(opts: &Opts, threads: usize) -> Result<Report> {
         payload: Payload::new(opts.payload, seed),
         unique: opts.unique,
     });
-    let mut report = Report::new(opts, addr.to_string(), id, threads);
+    let mut report = Report::new(opts, addr.to_string(), id.clone(), threads);
+
+    // Untimed preparation: idle connections, then the prefilled queue.
+    let mut idle_conns = idle::open(addr, opts.idle_connections).await?;
+    let pre = if opts.prefill > 0 {
+        // bg-submit measures submits into a loaded queue and unique index: same
+        // functions. Elsewhere workers would have to get through the prefilled jobs
+        // first, which is the drain scenario: a separate function no worker of the
+        // run registers.
+        let same = opts.scenario == Scenario::BgSubmit;
+        let psetup = if same {
+            setup.clone()
+        } else {
+            Arc::new(Setup {
+                addr,
+                functions: vec![format!("{}-{id}-prefill", opts.prefix).into_bytes()],
+                run_id: id.clone(),
+                payload: setup.payload.clone(),
+                unique: opts.unique,
+            })
+        };
+        let p = prefill(psetup, same, opts.prefill, opts).await?;
+        report.prefill = Some((p.jobs, p.seconds));
+        Some(p)
+    } else {
+        None
+    };
+
+    measure(opts, &setup, pre.as_ref(), &mut report).await?;
+
+    let mut extra = Vec::new();
+    if !idle_conns.is_empty() {
+        idle::check(&mut idle_conns).await?;
+        extra.push(format!("{} idle connections answered an ECHO before and after", idle_conns.len()));
+    }
+    drop(idle_conns);
+    if let Some(p) = pre.as_ref().filter(|p| !p.same) {
+        extra.push(drain_prefill(p, opts.workers).await?);
+    }
+    for e in extra {
+        report.verified.push_str("; ");
+        report.verified.push_str(&e);
+    }
+    Ok(report)
+}
+
+/// The timed part of the scenario, with its own checks; fills in `report`.
+async fn measure(opts: &Opts, setup: &Arc<Setup>, pre: Option<&Prefill>, report: &mut Report) -> Result<()> {
+    let addr = setup.addr;
     let client_shared = |mode| {
         Arc::new(ClientShared {
             setup: setup.clone(),
@@ -504,8 +604,11 @@ pub(crate) async fn run(opts: &Opts, threads: usize) -> Result<Report> {
             tickets: Tickets::new(opts.job_count(), opts.seconds),
         })
     };
+    // Prefilled jobs on the run's own functions are drained and checked with the run's.
+    let same_prefill = pre.filter(|p| p.same).map_or(0, |p| p.jobs);
 
     match opts.scenario {
+        Scenario::NullServer => bail!("null-server is not a scenario to measure"),
         Scenario::Echo => {
             let conns = connect_all(addr, opts.clients).await?;
             let sh = client_shared(ClientMode::Echo);
@@ -519,7 +622,7 @@ pub(crate) async fn run(opts: &Opts, threads: usize) -> Result<Report> {
         }
         Scenario::Fg => {
             let progress = Progress::new();
-            let mut workers = Workers::start(&setup, &progress, opts.workers).await?;
+            let mut workers = Workers::start(setup, &progress, opts.workers).await?;
             let conns = connect_all(addr, opts.clients).await?;
             let sh = client_shared(ClientMode::Fg);
             let (done, hist, elapsed) = run_clients(conns, sh.clone(), Some(&mut workers)).await?;
@@ -527,11 +630,28 @@ pub(crate) async fn run(opts: &Opts, threads: usize) -> Result<Report> {
             let issued = sh.tickets.issued();
             ensure!(done == issued, "{done} jobs completed, {issued} submitted");
             let results = workers.join().await?;
-            let v = verify(&setup, results, issued).await?;
+            let v = verify(setup, results, issued, 0).await?;
             report.ops = done;
             report.seconds = elapsed.as_secs_f64();
             report.latency = Summary::of(&hist).map(|s| ("SUBMIT_JOB->WORK_COMPLETE", s));
             report.verified = format!("every client got its own data back; {v}");
+        }
+        Scenario::Drain if opts.already_queued => {
+            // An earlier `bg-submit --no-drain` with the same run id, payload,
+            // functions and unique mode queued jobs 0..N: drain and check them.
+            let Some(issued) = opts.jobs else { bail!("--already-queued needs --jobs N") };
+            ensure!(pre.is_none(), "--already-queued and --prefill do not go together");
+            let progress = Progress::new();
+            progress.set_target(issued);
+            let conns = register_workers(setup, opts.workers).await?;
+            let start = Instant::now();
+            let mut workers = Workers::spawn_on(conns, setup, &progress);
+            workers.until_stopped().await?;
+            let drain_secs = progress.end().duration_since(start).as_secs_f64();
+            let results = workers.join().await?;
+            report.ops = issued;
+            report.seconds = drain_secs;
+            report.verified = format!("already queued: {}", verify(setup, results, issued, 0).await?);
         }
         Scenario::BgSubmit | Scenario::Drain => {
             let conns = connect_all(addr, opts.clients).await?;
@@ -546,18 +666,23 @@ pub(crate) async fn run(opts: &Opts, threads: usize) -> Result<Report> {
                 report.ops = done;
                 report.seconds = submit_secs;
                 report.verified = format!("{done} JOB_CREATED; jobs left queued (--no-drain)");
-                return Ok(report);
+                if opts.check_queued {
+                    admin::check_queued(addr, &setup.functions, issued + same_prefill).await?;
+                    let n = issued + same_prefill;
+                    report.verified.push_str(&format!("; status shows exactly {n} job(s) queued"));
+                }
+                return Ok(());
             }
             let progress = Progress::new();
-            progress.set_target(issued);
+            progress.set_target(issued + same_prefill);
             // Register first, so the clock covers only grabbing and completing.
-            let conns = register_workers(&setup, opts.workers).await?;
+            let conns = register_workers(setup, opts.workers).await?;
             let start = Instant::now();
-            let mut workers = Workers::spawn_on(conns, &setup, &progress);
+            let mut workers = Workers::spawn_on(conns, setup, &progress);
             workers.until_stopped().await?;
             let drain_secs = progress.end().duration_since(start).as_secs_f64();
             let results = workers.join().await?;
-            let v = verify(&setup, results, issued).await?;
+            let v = verify(setup, results, issued, same_prefill).await?;
             if opts.scenario == Scenario::BgSubmit {
                 report.unit = "submits";
                 report.ops = done;
@@ -572,7 +697,7 @@ pub(crate) async fn run(opts: &Opts, threads: usize) -> Result<Report> {
         }
         Scenario::BgE2e => {
             let progress = Progress::new();
-            let mut workers = Workers::start(&setup, &progress, opts.workers).await?;
+            let mut workers = Workers::start(setup, &progress, opts.workers).await?;
             let conns = connect_all(addr, opts.clients).await?;
             let sh = client_shared(ClientMode::Bg);
             let start = Instant::now();
@@ -583,7 +708,7 @@ pub(crate) async fn run(opts: &Opts, threads: usize) -> Result<Report> {
             workers.until_stopped().await?;
             let secs = progress.end().duration_since(start).as_secs_f64();
             let results = workers.join().await?;
-            let v = verify(&setup, results, issued).await?;
+            let v = verify(setup, results, issued, 0).await?;
             report.ops = issued;
             report.seconds = secs;
             report.submit = Some((done, submit_time.as_secs_f64()));
@@ -591,5 +716,21 @@ pub(crate) async fn run(opts: &Opts, threads: usize) -> Result<Report> {
             report.verified = v;
         }
     }
-    Ok(report)
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_count_from_their_base() {
+        let t = Tickets { base: PREFILL_BASE, ..Tickets::new(Some(3), None) };
+        let ids: Vec<u64> = std::iter::from_fn(|| t.take()).collect();
+        assert_eq!(ids, [PREFILL_BASE, PREFILL_BASE + 1, PREFILL_BASE + 2]);
+        assert_eq!(t.issued(), 3);
+        let plain = Tickets::new(Some(2), None);
+        assert_eq!((plain.take(), plain.take(), plain.take()), (Some(0), Some(1), None));
+        assert_eq!(plain.issued(), 2);
+    }
 }
