@@ -161,7 +161,7 @@ impl Engine {
         let mut s = String::new();
         let mut v = Vec::new();
         for j in self.jobs_in_order() {
-            v.extend_from_slice(&j.handle);
+            v.extend_from_slice(&self.handle_of(j.seq));
             s.clear();
             let _ = writeln!(s, "\t{}\t{}\t{}", j.retries, u8::from(j.abandoned), u8::from(j.is_persisted()));
             v.extend_from_slice(s.as_bytes());
@@ -214,7 +214,7 @@ impl Engine {
     }
 
     fn admin_cancel(&mut self, handle: &[u8], out: &mut dyn Outbox) -> Vec<u8> {
-        let Some(&jid) = self.handles.get(handle) else { return b"ERR UNKNOWN_JOB\r\n".to_vec() };
+        let Some(jid) = self.job_by_handle(handle) else { return b"ERR UNKNOWN_JOB\r\n".to_vec() };
         let Some(job) = self.jobs.get_mut(jid) else { return b"ERR UNKNOWN_JOB\r\n".to_vec() };
         // A cancelled job still held can be cancelled again (`OK`), as in gearmand.
         if !job.abandoned {

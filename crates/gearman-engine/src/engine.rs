@@ -39,7 +39,8 @@ pub struct Engine {
     pub(crate) functions: Slab<Function>,
     pub(crate) function_ids: HashMap<Bytes, FunctionId>,
     pub(crate) sessions: Slab<Session>,
-    pub(crate) handles: HashMap<Bytes, JobId>,
+    /// Live jobs by sequence number, the number in their handle.
+    pub(crate) handles: HashMap<u64, JobId>,
     /// Coalescing index: (function, key) -> live job.
     pub(crate) coalesce: HashMap<(FunctionId, CoalesceKey), JobId>,
     /// GET_STATUS_UNIQUE index: unique -> live jobs with it, oldest first.
@@ -115,6 +116,17 @@ impl Engine {
             let functions: Vec<FunctionId> = session.abilities.iter().map(|a| a.function).collect();
             self.pass_on_wakeup(&functions, out);
         }
+    }
+
+    /// The job a handle names, if it is live.
+    pub(crate) fn job_by_handle(&self, handle: &[u8]) -> Option<JobId> {
+        let seq = crate::handle::parse(&self.config.handle_prefix, handle)?;
+        self.handles.get(&seq).copied()
+    }
+
+    /// The handle of the job with sequence number `seq`.
+    pub(crate) fn handle_of(&self, seq: u64) -> crate::handle::Handle {
+        crate::handle::Handle::new(&self.config.handle_prefix, seq)
     }
 
     /// Number of jobs held in any state (SIGUSR1 drain waits for zero).
@@ -327,7 +339,7 @@ impl Engine {
         }
         self.unstore(jid, out);
         let job = self.jobs.remove(jid);
-        self.handles.remove(&job.handle);
+        self.handles.remove(&job.seq);
         if let Some(key) = job.coalesce {
             if self.coalesce.get(&(job.function, key.clone())) == Some(&jid) {
                 self.coalesce.remove(&(job.function, key));
@@ -393,7 +405,7 @@ impl Engine {
             return;
         }
         if retries_limit > 0 && job.retries >= retries_limit {
-            let handle = job.handle.clone();
+            let handle = crate::handle::Handle::new(&self.config.handle_prefix, job.seq);
             for &c in &job.listeners {
                 out.packet(c, Command::WorkFail, &[&handle]);
             }
@@ -450,7 +462,7 @@ impl Engine {
             }
         }
         for (jid, j) in &self.jobs {
-            if self.handles.get(&j.handle) != Some(&jid) {
+            if self.handles.get(&j.seq) != Some(&jid) {
                 return Err(format!("job {jid} missing from the handle index"));
             }
             let in_queues: usize = self

@@ -59,7 +59,6 @@ pub(crate) struct Job {
     /// Process-wide sequence number, also the handle's counter; tells a reused slab
     /// slot from the job an old reference meant.
     pub(crate) seq: u64,
-    pub(crate) handle: Bytes,
     pub(crate) function: usize,
     pub(crate) unique: Bytes,
     pub(crate) coalesce: Option<CoalesceKey>,

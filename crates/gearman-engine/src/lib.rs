@@ -10,6 +10,7 @@ mod admin;
 mod config;
 mod engine;
 mod function;
+mod handle;
 mod job;
 mod outbox;
 mod session;

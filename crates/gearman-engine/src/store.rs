@@ -53,7 +53,7 @@ impl Engine {
             let waiters = std::mem::take(&mut job.created_waiters);
             match &result {
                 Ok(()) => {
-                    let handle = job.handle.clone();
+                    let handle = crate::handle::Handle::new(&self.config.handle_prefix, job.seq);
                     for (conn, hold) in waiters {
                         out.fill(conn, hold, Command::JobCreated, &[&handle]);
                     }

@@ -83,7 +83,8 @@ impl Engine {
         self.stats.submitted += 1;
         let Some(job) = self.jobs.get_mut(jid) else { return };
         job.queued_at_ms = now;
-        let (seq, handle) = (job.seq, job.handle.clone());
+        let seq = job.seq;
+        let handle = crate::handle::Handle::new(&self.config.handle_prefix, seq);
         if !k.background {
             job.listeners.push_back(conn);
             if let Some(s) = self.sessions.get_mut(conn) {
@@ -137,10 +138,8 @@ impl Engine {
     ) -> JobId {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
-        let handle = Bytes::from(format!("{}:{}", self.config.handle_prefix, seq));
         let job = Job {
             seq,
-            handle: handle.clone(),
             function: fid,
             unique: unique.clone(),
             coalesce: key.clone(),
@@ -163,7 +162,7 @@ impl Engine {
             assigned_at_ms: 0,
         };
         let jid = self.jobs.insert(job);
-        self.handles.insert(handle, jid);
+        self.handles.insert(seq, jid);
         if let Some(key) = key {
             self.coalesce.insert((fid, key), jid);
         }
@@ -213,12 +212,12 @@ impl Engine {
             return;
         }
         let Some(job) = self.jobs.get(jid) else { return };
-        out.packet(conn, Command::JobCreated, &[&job.handle]);
+        out.packet(conn, Command::JobCreated, &[&self.handle_of(job.seq)]);
     }
 
     pub(crate) fn get_status(&mut self, conn: ConnId, handle: &[u8], out: &mut dyn Outbox) {
         let handle = strip_trailing_nul(handle);
-        let job = self.handles.get(handle).and_then(|&j| self.jobs.get(j));
+        let job = self.job_by_handle(handle).and_then(|j| self.jobs.get(j));
         let (known, running, num, den) = match job {
             Some(j) => (true, matches!(j.state, JobState::Running(_)), j.numerator, j.denominator),
             None => (false, false, 0, 0),

@@ -2132,7 +2132,7 @@ fn run_ops(cfg: EngineConfig, ops: &[Op]) -> Result<(), TestCaseError> {
         // Only a cancel may abandon a background job (a departing coalesced foreground
         // client must not: PROTOCOL.md §4.10).
         for (_, j) in &h.e.jobs {
-            let handle = j.handle.to_vec();
+            let handle = h.e.handle_of(j.seq).to_vec();
             prop_assert!(!(j.abandoned && j.background) || m.cancelled.contains(&handle), "{:?}", j);
         }
         if let Some(d) = h.e.next_deadline() {
@@ -2158,7 +2158,7 @@ fn drain(h: &mut Harness, m: &mut Model) -> Result<(), TestCaseError> {
         h.e.jobs
             .iter()
             .filter(|(_, j)| (j.background || j.bg_joined) && !j.abandoned)
-            .map(|(_, j)| j.handle.to_vec())
+            .map(|(_, j)| h.e.handle_of(j.seq).to_vec())
             .collect();
     let mut ran = HashSet::new();
     let w = h.connect();

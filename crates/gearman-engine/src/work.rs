@@ -203,15 +203,16 @@ impl Engine {
             self.work_timers.push(Reverse((due, jid, seq, assignment)));
         }
         let Some(job) = self.jobs.get(jid) else { return };
-        let fname = self.functions.get(fid).map(|f| f.name.clone()).unwrap_or_default();
+        let fname = self.functions.get(fid).map(|f| &f.name[..]).unwrap_or_default();
+        let handle = self.handle_of(job.seq);
         match kind {
-            Command::GrabJob => out.packet(conn, Command::JobAssign, &[&job.handle, &fname, &job.data]),
+            Command::GrabJob => out.packet(conn, Command::JobAssign, &[&handle, fname, &job.data]),
             Command::GrabJobAll if !job.reducer.is_empty() => out.packet(
                 conn,
                 Command::JobAssignAll,
-                &[&job.handle, &fname, &job.unique, &job.reducer, &job.data],
+                &[&handle, fname, &job.unique, &job.reducer, &job.data],
             ),
-            _ => out.packet(conn, Command::JobAssignUniq, &[&job.handle, &fname, &job.unique, &job.data]),
+            _ => out.packet(conn, Command::JobAssignUniq, &[&handle, fname, &job.unique, &job.data]),
         }
     }
 
@@ -228,9 +229,7 @@ impl Engine {
             return;
         }
         let owned = self
-            .handles
-            .get(handle)
-            .copied()
+            .job_by_handle(handle)
             .filter(|&j| self.jobs.get(j).is_some_and(|j| j.state == JobState::Running(conn)));
         let Some(jid) = owned else {
             let text = match p.command {
