@@ -184,6 +184,49 @@ impl Engine {
         }
     }
 
+    /// Gives back the room of collections that grew for a burst (a million queued jobs)
+    /// and are now mostly empty: slabs, indexes and queues keep their capacity
+    /// otherwise, and with it the server's memory after a drain. O(capacity) when it
+    /// shrinks something, so call it now and then (the server does every few seconds),
+    /// not per request. Returns whether anything shrank.
+    pub fn compact(&mut self) -> bool {
+        fn sparse(len: usize, capacity: usize) -> bool {
+            capacity > 1024 && len.saturating_mul(4) < capacity
+        }
+        let mut shrank = false;
+        if sparse(self.jobs.len(), self.jobs.capacity()) {
+            // Keys cannot move, so this frees only the vacant tail; enough after a drain.
+            self.jobs.shrink_to_fit();
+            shrank = true;
+        }
+        macro_rules! shrink_map {
+            ($($m:expr),*) => {$(
+                if sparse($m.len(), $m.capacity()) {
+                    $m.shrink_to_fit();
+                    shrank = true;
+                }
+            )*};
+        }
+        shrink_map!(self.handles, self.coalesce, self.by_unique, self.by_store_key, self.function_ids);
+        if sparse(self.epoch_timers.len(), self.epoch_timers.capacity()) {
+            self.epoch_timers.shrink_to_fit();
+            shrank = true;
+        }
+        if sparse(self.work_timers.len(), self.work_timers.capacity()) {
+            self.work_timers.shrink_to_fit();
+            shrank = true;
+        }
+        for (_, f) in &mut self.functions {
+            for q in f.queues.iter_mut().chain(std::iter::once(&mut f.sleepers)) {
+                if sparse(q.len(), q.capacity()) {
+                    q.shrink_to_fit();
+                    shrank = true;
+                }
+            }
+        }
+        shrank
+    }
+
     /// Runs timers due at `now`: epoch jobs become runnable (and wake sleepers), and
     /// jobs past their CAN_DO_TIMEOUT go back to the queue.
     pub fn tick(&mut self, now: NowMs, out: &mut dyn Outbox) {

@@ -2226,3 +2226,40 @@ fn a_clients_listening_list_stays_bounded_as_its_jobs_end() {
     assert_eq!(h.disconnect(c), vec![]);
     assert_eq!(h.admin_text("status"), "f\t0\t0\t1\n.\n");
 }
+
+#[test]
+fn compact_gives_back_room_after_a_burst() {
+    // Driven without the harness: its invariant check after every packet is O(jobs).
+    let mut e = Engine::new(config());
+    let mut out = RecordingOutbox::default();
+    let peer = || PeerInfo { label: 0, ip: "127.0.0.1".into() };
+    let (c, w) = (e.connect(peer()), e.connect(peer()));
+    let send = |e: &mut Engine, out: &mut RecordingOutbox, conn, cmd, args: &[&[u8]]| {
+        let p = Packet::new(Magic::Req, cmd, args).expect("valid layout");
+        e.handle_packet(conn, &p, 0, out);
+        out.take()
+    };
+    send(&mut e, &mut out, w, Command::CanDo, &[b"f"]);
+    for i in 0..5000 {
+        send(&mut e, &mut out, c, Command::SubmitJobBg, &[b"f", format!("u{i}").as_bytes(), b"x"]);
+    }
+    let grown = (e.jobs.capacity(), e.handles.capacity(), e.by_unique.capacity());
+    assert!(grown.0 >= 5000 && grown.1 >= 5000 && grown.2 >= 5000, "{grown:?}");
+    for _ in 0..5000 {
+        let assigned = send(&mut e, &mut out, w, Command::GrabJob, &[]);
+        let Some(Sent::Packet(_, Command::JobAssign, args)) = assigned.first() else {
+            panic!("{assigned:?}")
+        };
+        let handle = args.first().cloned().unwrap_or_default();
+        send(&mut e, &mut out, w, Command::WorkComplete, &[&handle, b""]);
+    }
+    assert_eq!(e.job_count(), 0);
+    assert!(e.compact(), "a drained engine has room to give back");
+    let after = (e.jobs.capacity(), e.handles.capacity(), e.by_unique.capacity());
+    assert!(after.0 < 1024 && after.1 < 1024 && after.2 < 1024, "{after:?}");
+    assert!(!e.compact(), "nothing left to shrink");
+    e.check_invariants().expect("invariants hold");
+    // Still works afterwards.
+    let created = send(&mut e, &mut out, c, Command::SubmitJobBg, &[b"f", b"", b"y"]);
+    assert_eq!(created, vec![Sent::Packet(c, Command::JobCreated, vec![b"H:t:5001".to_vec()])]);
+}

@@ -272,6 +272,7 @@ impl Server {
             });
         }
         tracker.spawn(run_timers(shared.clone(), stop.clone()));
+        tracker.spawn(run_housekeeping(shared.clone(), stop.clone()));
         let drain = handle.drain.clone();
         tokio::select! {
             _ = stop.cancelled() => {}
@@ -370,6 +371,18 @@ fn tune(stream: &tokio::net::TcpStream, keepalive: Option<Keepalive>) {
 }
 
 /// Sleeps until the engine's next deadline (epoch jobs, CAN_DO_TIMEOUT) and ticks it.
+/// Every few seconds, lets the engine give back the room its collections grew for a
+/// burst (see `Engine::compact`), so memory falls again after a big queue drains.
+async fn run_housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.cancelled() => return,
+        }
+        shared.core.lock().engine.compact();
+    }
+}
+
 async fn run_timers(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         let due = shared.core.lock().engine.next_deadline().unwrap_or(i64::MAX);
