@@ -58,6 +58,13 @@ fn case_sigusr1_drains(kind: Kind) {
     w.req(GRAB_JOB, &[]).want(JOB_ASSIGN, &[&h2, "drain", "two"]);
     assert_eq!(s.wait_exit(Duration::from_millis(500)), None, "exited with a job left");
     w.req(WORK_COMPLETE, &[&h2, ""]);
+    if matches!(kind, Kind::Real) {
+        // gearmand notices the empty queue only on a later event of its main loop,
+        // which sometimes never comes while the connections idle: closing them gives
+        // it one. Ours must exit with them still open.
+        w.sync();
+        drop((c, w));
+    }
     assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(0));
 }
 both!(case_sigusr1_drains, ours_sigusr1_drains, real_sigusr1_drains);
