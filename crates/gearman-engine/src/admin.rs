@@ -152,7 +152,7 @@ impl Engine {
     }
 
     fn jobs_in_order(&self) -> Vec<&crate::job::Job> {
-        let mut jobs: Vec<_> = self.jobs.iter().map(|(_, j)| j).collect();
+        let mut jobs: Vec<_> = self.jobs.iter().map(|(_, j)| &**j).collect();
         jobs.sort_unstable_by_key(|j| j.seq);
         jobs
     }
@@ -225,7 +225,8 @@ impl Engine {
         // nowhere (gearmand keeps forwarding them after the WORK_FAIL: §2.9 [bug]).
         let listeners = std::mem::take(&mut job.listeners);
         let (seq, state, fid) = (job.seq, job.state, job.function);
-        let key = job.coalesce.take();
+        let key = job.coalesce_key();
+        job.coalescing = false;
         for c in listeners {
             out.packet(c, Command::WorkFail, &[handle]);
             self.unlisten(c, jid, seq);
@@ -237,8 +238,9 @@ impl Engine {
         }
         // A new submit with the same unique must start a new job, not join this one.
         if let Some(key) = key {
-            if self.coalesce.get(&(fid, key.clone())) == Some(&jid) {
-                self.coalesce.remove(&(fid, key));
+            let key = (fid, key);
+            if self.coalesce.get(&key) == Some(&jid) {
+                self.coalesce.remove(&key);
             }
         }
         if state == JobState::Scheduled {

@@ -35,7 +35,8 @@ type Deadline = Reverse<(NowMs, JobId, u64, u32)>;
 #[derive(Debug)]
 pub struct Engine {
     pub(crate) config: EngineConfig,
-    pub(crate) jobs: Slab<Job>,
+    /// Boxed, so the slab holds a pointer per slot (see [`Job`]).
+    pub(crate) jobs: Slab<Box<Job>>,
     pub(crate) functions: Slab<Function>,
     pub(crate) function_ids: HashMap<Bytes, FunctionId>,
     pub(crate) sessions: Slab<Session>,
@@ -276,7 +277,7 @@ impl Engine {
                 f.scheduled = f.scheduled.saturating_sub(1);
             }
             if let Some(job) = self.jobs.get_mut(jid) {
-                job.queued_at_ms = now;
+                job.since_ms = now;
             }
             self.enqueue(jid, out);
         }
@@ -289,7 +290,7 @@ impl Engine {
 
     /// The job at `jid` if it is still the one with sequence `seq`.
     pub(crate) fn live_job(&self, jid: JobId, seq: u64) -> Option<&Job> {
-        self.jobs.get(jid).filter(|j| j.seq == seq)
+        self.jobs.get(jid).map(|j| &**j).filter(|j| j.seq == seq)
     }
 
     /// Looks up or creates a function record.
@@ -383,9 +384,10 @@ impl Engine {
         self.unstore(jid, out);
         let job = self.jobs.remove(jid);
         self.handles.remove(&job.seq);
-        if let Some(key) = job.coalesce {
-            if self.coalesce.get(&(job.function, key.clone())) == Some(&jid) {
-                self.coalesce.remove(&(job.function, key));
+        if let Some(key) = job.coalesce_key() {
+            let key = (job.function, key);
+            if self.coalesce.get(&key) == Some(&jid) {
+                self.coalesce.remove(&key);
             }
         }
         if !job.unique.is_empty() && &job.unique[..] != b"-" {
@@ -457,9 +459,11 @@ impl Engine {
             return;
         }
         self.stats.retried += 1;
-        job.queued_at_ms = now;
-        job.numerator = 0;
-        job.denominator = 0;
+        job.since_ms = now;
+        if let Some(x) = job.extra.as_deref_mut() {
+            x.numerator = 0;
+            x.denominator = 0;
+        }
         // Mark it queued before the counters so remove paths never see it twice.
         job.state = JobState::Queued;
         if let Some(f) = self.functions.get_mut(fid) {

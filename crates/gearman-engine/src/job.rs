@@ -53,52 +53,113 @@ pub(crate) enum CoalesceKey {
     Data(Bytes),
 }
 
+impl CoalesceKey {
+    /// The key a job with this unique and data coalesces under, if any.
+    pub(crate) fn of(unique: &Bytes, data: &Bytes) -> Option<CoalesceKey> {
+        match &unique[..] {
+            b"" => None,
+            b"-" if data.is_empty() => None,
+            b"-" => Some(CoalesceKey::Data(data.clone())),
+            _ => Some(CoalesceKey::Unique(unique.clone())),
+        }
+    }
+}
+
 /// A job held by the engine.
+///
+/// Kept small, because a queue can hold millions (`bench/memory`): the handle is not
+/// stored (`handle.rs`), the coalesce key is derived from `unique` and `data`, and
+/// what few jobs use lives in [`JobExtra`]. The engine boxes each job, so its slab
+/// holds a pointer per slot and the memory of drained jobs goes back to the allocator
+/// rather than staying in a slab sized for the peak.
 #[derive(Debug)]
 pub(crate) struct Job {
     /// Process-wide sequence number, also the handle's counter; tells a reused slab
     /// slot from the job an old reference meant.
     pub(crate) seq: u64,
     pub(crate) function: usize,
-    pub(crate) unique: Bytes,
-    pub(crate) coalesce: Option<CoalesceKey>,
+    /// The workload, in an allocation of its own: never a view into a connection's
+    /// read buffer, which would keep the whole buffer alive as long as the job.
     pub(crate) data: Bytes,
-    pub(crate) reducer: Bytes,
-    pub(crate) priority: Priority,
-    pub(crate) background: bool,
-    /// Epoch seconds at which the job may run; 0 = now.
-    pub(crate) when: i64,
-    /// The job's key in the persistent store, while it is stored there.
-    pub(crate) store_key: Option<u64>,
-    /// Submitters waiting for JOB_CREATED while the job is `Persisting`: (conn, hold).
-    pub(crate) created_waiters: Vec<(ConnId, u64)>,
-    pub(crate) state: JobState,
+    /// The unique key, in an allocation of its own too (empty: none).
+    pub(crate) unique: Bytes,
     /// Foreground connections waiting for results, newest first; a connection that
     /// submitted twice is listed twice, as in gearmand.
     pub(crate) listeners: VecDeque<ConnId>,
+    /// Fields most jobs leave at their defaults, allocated when first set.
+    pub(crate) extra: Option<Box<JobExtra>>,
+    pub(crate) state: JobState,
+    /// When the job entered its state: became runnable (submit, requeue, epoch due)
+    /// while queued, for the queue time histogram; was assigned while running, for
+    /// the run time histogram.
+    pub(crate) since_ms: i64,
     /// Times a worker lost the job (disconnect, CANT_DO, timeout).
     pub(crate) retries: u32,
-    pub(crate) numerator: u32,
-    pub(crate) denominator: u32,
+    /// Counts assignments, so a stale CAN_DO_TIMEOUT deadline can be told apart.
+    pub(crate) assignments: u32,
+    pub(crate) priority: Priority,
+    pub(crate) background: bool,
     /// A background submit joined this (foreground) job: it must run even when every
     /// foreground listener leaves.
     pub(crate) bg_joined: bool,
     /// Nobody wants the result any more (cancelled, or a foreground job whose clients
     /// all left): discarded when a worker next reaches it.
     pub(crate) abandoned: bool,
-    /// Counts assignments, so a stale CAN_DO_TIMEOUT deadline can be told apart.
-    pub(crate) assignments: u32,
-    /// When the job last became runnable (submit, requeue, epoch due), for the queue
-    /// time histogram.
-    pub(crate) queued_at_ms: i64,
-    /// When the job was last assigned, for the run time histogram.
-    pub(crate) assigned_at_ms: i64,
+    /// The job holds the coalesce index entry of [`Job::coalesce_key`] (a cancel
+    /// gives it up, so that later submits start a new job).
+    pub(crate) coalescing: bool,
 }
+
+/// The fields of a job that most jobs leave at their defaults.
+#[derive(Debug, Default)]
+pub(crate) struct JobExtra {
+    /// SUBMIT_REDUCE_JOB's reducer.
+    pub(crate) reducer: Bytes,
+    /// Epoch seconds at which the job may run; 0 = now.
+    pub(crate) when: i64,
+    /// The job's key in the persistent store, while it is stored there.
+    pub(crate) store_key: Option<u64>,
+    /// Submitters waiting for JOB_CREATED while the job is `Persisting`: (conn, hold).
+    pub(crate) created_waiters: Vec<(ConnId, u64)>,
+    /// The last WORK_STATUS numerator.
+    pub(crate) numerator: u32,
+    /// The last WORK_STATUS denominator.
+    pub(crate) denominator: u32,
+}
+
+/// What [`Job::extra`] reads for a job without extra fields.
+static NO_EXTRA: JobExtra = JobExtra {
+    reducer: Bytes::new(),
+    when: 0,
+    store_key: None,
+    created_waiters: Vec::new(),
+    numerator: 0,
+    denominator: 0,
+};
 
 impl Job {
     /// `show jobs` PERSISTED column: background jobs that still matter.
     pub(crate) fn is_persisted(&self) -> bool {
         self.background && !self.abandoned
+    }
+
+    /// The rarely used fields (their defaults when never set).
+    pub(crate) fn extra(&self) -> &JobExtra {
+        self.extra.as_deref().unwrap_or(&NO_EXTRA)
+    }
+
+    /// The rarely used fields, allocated on first use.
+    pub(crate) fn extra_mut(&mut self) -> &mut JobExtra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    /// The key this job holds in the coalesce index, if any.
+    pub(crate) fn coalesce_key(&self) -> Option<CoalesceKey> {
+        if self.coalescing {
+            CoalesceKey::of(&self.unique, &self.data)
+        } else {
+            None
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 use bytes::Bytes;
 use gearman_proto::Command;
 
-use crate::job::{CoalesceKey, Job, JobId, JobState};
+use crate::job::{Job, JobId, JobState};
 use crate::{Engine, NowMs, Outbox, Priority};
 
 /// A background job as the store keeps it.
@@ -31,12 +31,12 @@ impl Engine {
     pub(crate) fn stored_job(&self, jid: JobId) -> Option<StoredJob> {
         let job = self.jobs.get(jid)?;
         Some(StoredJob {
-            key: job.store_key?,
+            key: job.extra().store_key?,
             function: self.functions.get(job.function)?.name.clone(),
             unique: job.unique.clone(),
             priority: job.priority,
             data: job.data.clone(),
-            when: job.when,
+            when: job.extra().when,
         })
     }
 
@@ -50,7 +50,7 @@ impl Engine {
             if job.state != JobState::Persisting {
                 continue;
             }
-            let waiters = std::mem::take(&mut job.created_waiters);
+            let waiters = std::mem::take(&mut job.extra_mut().created_waiters);
             match &result {
                 Ok(()) => {
                     let handle = crate::handle::Handle::new(&self.config.handle_prefix, job.seq);
@@ -64,7 +64,7 @@ impl Engine {
                         out.fill(conn, hold, Command::Error, &[b"QUEUE_ERROR", e.as_bytes()]);
                     }
                     // Not stored, so there is nothing to forget.
-                    job.store_key = None;
+                    job.extra_mut().store_key = None;
                     self.by_store_key.remove(&key);
                     // Foreground clients that joined were answered with the ERROR too;
                     // removing the job ends their listening.
@@ -77,8 +77,9 @@ impl Engine {
     /// A committed job becomes runnable (or waits for its epoch time).
     fn release_persisted(&mut self, jid: JobId, now: NowMs, out: &mut dyn Outbox) {
         let Some(job) = self.jobs.get_mut(jid) else { return };
-        let due_ms = job.when.saturating_mul(1000);
-        if job.when > 0 && due_ms > now {
+        let when = job.extra().when;
+        let due_ms = when.saturating_mul(1000);
+        if when > 0 && due_ms > now {
             job.state = JobState::Scheduled;
             let seq = job.seq;
             let fid = job.function;
@@ -96,16 +97,9 @@ impl Engine {
     pub fn restore(&mut self, stored: StoredJob, now: NowMs, out: &mut dyn Outbox) {
         self.next_store_key = self.next_store_key.max(stored.key.saturating_add(1));
         let fid = self.function_id(&stored.function);
-        let key = match &stored.unique[..] {
-            b"" => None,
-            b"-" if stored.data.is_empty() => None,
-            b"-" => Some(CoalesceKey::Data(stored.data.clone())),
-            _ => Some(CoalesceKey::Unique(stored.unique.clone())),
-        };
         let jid = self.create_job(
             fid,
             stored.unique,
-            key,
             stored.data,
             Bytes::new(),
             stored.priority,
@@ -113,9 +107,9 @@ impl Engine {
             stored.when,
         );
         if let Some(job) = self.jobs.get_mut(jid) {
-            job.store_key = Some(stored.key);
+            job.extra_mut().store_key = Some(stored.key);
             job.state = JobState::Persisting;
-            job.queued_at_ms = now;
+            job.since_ms = now;
         }
         self.by_store_key.insert(stored.key, jid);
         self.release_persisted(jid, now, out);
@@ -127,14 +121,14 @@ impl Engine {
         let wanted: Vec<JobId> = self
             .jobs
             .iter()
-            .filter(|(_, j)| (j.background || j.bg_joined) && !j.abandoned && j.store_key.is_none())
+            .filter(|(_, j)| (j.background || j.bg_joined) && !j.abandoned && j.extra().store_key.is_none())
             .map(|(jid, _)| jid)
             .collect();
         let mut records = Vec::with_capacity(wanted.len());
         for jid in wanted {
             let key = self.next_key();
             if let Some(job) = self.jobs.get_mut(jid) {
-                job.store_key = Some(key);
+                job.extra_mut().store_key = Some(key);
             }
             self.by_store_key.insert(key, jid);
             records.extend(self.stored_job(jid));
@@ -152,7 +146,7 @@ impl Engine {
     /// Forgets a job's stored copy, if it has one.
     pub(crate) fn unstore(&mut self, jid: JobId, out: &mut dyn Outbox) {
         if let Some(job) = self.jobs.get_mut(jid) {
-            if let Some(key) = job.store_key.take() {
+            if let Some(key) = job.extra.as_deref_mut().and_then(|x| x.store_key.take()) {
                 self.by_store_key.remove(&key);
                 out.forget(key);
             }

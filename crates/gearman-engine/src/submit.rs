@@ -9,7 +9,7 @@ use gearman_proto::{Command, Packet};
 
 use crate::engine::error;
 use crate::function::FunctionId;
-use crate::job::{CoalesceKey, Job, JobId, JobState};
+use crate::job::{CoalesceKey, Job, JobExtra, JobId, JobState};
 use crate::session::MAX_CLIENT_ID_BYTES;
 use crate::{ConnId, Engine, NowMs, Outbox, Priority};
 
@@ -58,14 +58,8 @@ impl Engine {
             return;
         }
         let fid = self.function_id(p.arg(0));
-        let key = match &unique[..] {
-            b"" => None,
-            b"-" if data.is_empty() => None,
-            b"-" => Some(CoalesceKey::Data(data.clone())),
-            _ => Some(CoalesceKey::Unique(unique.clone())),
-        };
-        if let Some(key) = &key {
-            if let Some(&jid) = self.coalesce.get(&(fid, key.clone())) {
+        if let Some(key) = CoalesceKey::of(&unique, &data) {
+            if let Some(&jid) = self.coalesce.get(&(fid, key)) {
                 self.stats.coalesced += 1;
                 self.join(jid, conn, k.background, out);
                 return;
@@ -79,10 +73,20 @@ impl Engine {
             }
         }
         let future = when > 0 && when.saturating_mul(1000) > now;
-        let jid = self.create_job(fid, unique, key, data, reducer, k.priority, k.background, when);
+        // The arguments are views into the connection's read buffer: a queued job
+        // holding one would keep that whole buffer alive, so they are copied.
+        let jid = self.create_job(
+            fid,
+            Bytes::copy_from_slice(&unique),
+            Bytes::copy_from_slice(&data),
+            Bytes::copy_from_slice(&reducer),
+            k.priority,
+            k.background,
+            when,
+        );
         self.stats.submitted += 1;
         let Some(job) = self.jobs.get_mut(jid) else { return };
-        job.queued_at_ms = now;
+        job.since_ms = now;
         let seq = job.seq;
         let handle = crate::handle::Handle::new(&self.config.handle_prefix, seq);
         if !k.background {
@@ -98,9 +102,10 @@ impl Engine {
             let key = self.next_key();
             let hold = self.next_hold_id();
             if let Some(job) = self.jobs.get_mut(jid) {
-                job.store_key = Some(key);
                 job.state = JobState::Persisting;
-                job.created_waiters.push((conn, hold));
+                let x = job.extra_mut();
+                x.store_key = Some(key);
+                x.created_waiters.push((conn, hold));
             }
             self.by_store_key.insert(key, jid);
             out.hold(conn, hold);
@@ -129,7 +134,6 @@ impl Engine {
         &mut self,
         fid: FunctionId,
         unique: Bytes,
-        key: Option<CoalesceKey>,
         data: Bytes,
         reducer: Bytes,
         priority: Priority,
@@ -138,30 +142,27 @@ impl Engine {
     ) -> JobId {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
+        let key = CoalesceKey::of(&unique, &data);
+        let extra = (!reducer.is_empty() || when != 0)
+            .then(|| Box::new(JobExtra { reducer, when, ..JobExtra::default() }));
         let job = Job {
             seq,
             function: fid,
-            unique: unique.clone(),
-            coalesce: key.clone(),
             data,
-            reducer,
+            unique: unique.clone(),
+            listeners: VecDeque::new(),
+            extra,
+            state: JobState::Queued,
+            since_ms: 0,
+            retries: 0,
+            assignments: 0,
             priority,
             background,
-            when,
-            store_key: None,
-            created_waiters: Vec::new(),
-            state: JobState::Queued,
-            listeners: VecDeque::new(),
-            retries: 0,
-            numerator: 0,
-            denominator: 0,
             bg_joined: false,
             abandoned: false,
-            assignments: 0,
-            queued_at_ms: 0,
-            assigned_at_ms: 0,
+            coalescing: key.is_some(),
         };
-        let jid = self.jobs.insert(job);
+        let jid = self.jobs.insert(Box::new(job));
         self.handles.insert(seq, jid);
         if let Some(key) = key {
             self.coalesce.insert((fid, key), jid);
@@ -206,7 +207,7 @@ impl Engine {
             // Answered with the original submitter once the store has committed.
             let hold = self.next_hold_id();
             if let Some(job) = self.jobs.get_mut(jid) {
-                job.created_waiters.push((conn, hold));
+                job.extra_mut().created_waiters.push((conn, hold));
             }
             out.hold(conn, hold);
             return;
@@ -219,7 +220,9 @@ impl Engine {
         let handle = strip_trailing_nul(handle);
         let job = self.job_by_handle(handle).and_then(|j| self.jobs.get(j));
         let (known, running, num, den) = match job {
-            Some(j) => (true, matches!(j.state, JobState::Running(_)), j.numerator, j.denominator),
+            Some(j) => {
+                (true, matches!(j.state, JobState::Running(_)), j.extra().numerator, j.extra().denominator)
+            }
             None => (false, false, 0, 0),
         };
         let (num, den) = (num.to_string(), den.to_string());
@@ -235,7 +238,8 @@ impl Engine {
         let job = self.by_unique.get(unique).and_then(|l| l.last()).and_then(|&j| self.jobs.get(j));
         let (known, running, num, den, clients) = match job {
             Some(j) => {
-                (true, matches!(j.state, JobState::Running(_)), j.numerator, j.denominator, j.listeners.len())
+                let x = j.extra();
+                (true, matches!(j.state, JobState::Running(_)), x.numerator, x.denominator, j.listeners.len())
             }
             None => (false, false, 0, 0, 0),
         };

@@ -184,8 +184,8 @@ fn deep_invariants(e: &Engine) -> Result<(), String> {
                 return Err(format!("scheduled job {jid} has no timer"));
             }
         }
-        if let Some(key) = &j.coalesce {
-            if e.coalesce.get(&(j.function, key.clone())) != Some(&jid) {
+        if let Some(key) = j.coalesce_key() {
+            if e.coalesce.get(&(j.function, key)) != Some(&jid) {
                 return Err(format!("job {jid} missing from the coalesce index"));
             }
         }
@@ -200,7 +200,7 @@ fn deep_invariants(e: &Engine) -> Result<(), String> {
     }
     for ((fid, key), &jid) in &e.coalesce {
         match e.jobs.get(jid) {
-            Some(j) if j.function == *fid && j.coalesce.as_ref() == Some(key) => {}
+            Some(j) if j.function == *fid && j.coalesce_key().as_ref() == Some(key) => {}
             _ => return Err(format!("coalesce index entry for job {jid} is stale")),
         }
     }
@@ -1742,6 +1742,39 @@ fn unknown_and_malformed_admin_lines() {
     assert_eq!(h.admin("a b c d e f"), vec![Sent::Close(ADMIN)]);
     assert_eq!(h.admin("status b c d e f"), vec![Sent::Close(ADMIN)]);
     assert_eq!(h.admin("a b c d e"), vec![text(ADMIN, "ERR UNKNOWN_COMMAND Unknown+server+commanda\r\n")]);
+}
+
+// ---------------------------------------------------------------------------------
+// Memory: what a queued job holds.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_queued_job_is_small_and_owns_its_bytes() {
+    // The slab holds a pointer per job, and a job fits jemalloc's 160-byte class.
+    assert_eq!(std::mem::size_of::<Box<crate::job::Job>>(), std::mem::size_of::<usize>());
+    #[cfg(target_pointer_width = "64")]
+    assert!(std::mem::size_of::<crate::job::Job>() <= 160, "{}", std::mem::size_of::<crate::job::Job>());
+
+    let mut h = Harness::new();
+    let c = h.connect();
+    let data = [7u8; 100];
+    let p = Packet::new(Magic::Req, Command::SubmitJobBg, &[b"fn", b"", &data]).expect("layout");
+    assert_eq!(h.packet(c, &p), vec![created(c, "H:t:1")]);
+    let p2 = Packet::new(Magic::Req, Command::SubmitJobBg, &[b"fn", b"u", &data]).expect("layout");
+    assert_eq!(h.packet(c, &p2), vec![created(c, "H:t:2")]);
+    // Nothing the engine keeps may point into a packet: in the server a packet is a
+    // view into a connection's read buffer, which would stay alive with the job.
+    let inside = |p: &Packet, b: &[u8]| !b.is_empty() && p.body().as_ptr_range().contains(&b.as_ptr());
+    for (_, j) in &h.e.jobs {
+        assert_eq!(&j.data[..], &data[..]);
+        assert!(!inside(&p, &j.data) && !inside(&p2, &j.data));
+        assert!(!inside(&p2, &j.unique));
+        assert!(j.extra.is_none(), "a plain background job needs no extra fields");
+        assert_eq!(j.listeners.capacity(), 0);
+    }
+    for (_, f) in &h.e.functions {
+        assert!(!inside(&p, &f.name));
+    }
 }
 
 // ---------------------------------------------------------------------------------

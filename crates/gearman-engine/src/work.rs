@@ -188,8 +188,7 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(jid) else { return };
         job.state = JobState::Running(conn);
         job.assignments = job.assignments.wrapping_add(1);
-        job.assigned_at_ms = now;
-        let queued_at = job.queued_at_ms;
+        let queued_at = std::mem::replace(&mut job.since_ms, now);
         let (seq, fid, assignment) = (job.seq, job.function, job.assignments);
         self.stats.queue_time.observe(now.saturating_sub(queued_at));
         if let Some(f) = self.functions.get_mut(fid) {
@@ -207,10 +206,10 @@ impl Engine {
         let handle = self.handle_of(job.seq);
         match kind {
             Command::GrabJob => out.packet(conn, Command::JobAssign, &[&handle, fname, &job.data]),
-            Command::GrabJobAll if !job.reducer.is_empty() => out.packet(
+            Command::GrabJobAll if !job.extra().reducer.is_empty() => out.packet(
                 conn,
                 Command::JobAssignAll,
-                &[&handle, fname, &job.unique, &job.reducer, &job.data],
+                &[&handle, fname, &job.unique, &job.extra().reducer, &job.data],
             ),
             _ => out.packet(conn, Command::JobAssignUniq, &[&handle, fname, &job.unique, &job.data]),
         }
@@ -241,11 +240,12 @@ impl Engine {
             return;
         };
         let Some(job) = self.jobs.get_mut(jid) else { return };
-        let assigned_at = job.assigned_at_ms;
+        let assigned_at = job.since_ms;
         match p.command {
             Command::WorkStatus => {
-                job.numerator = atoi_u32(p.arg(1));
-                job.denominator = atoi_u32(p.arg(2));
+                let x = job.extra_mut();
+                x.numerator = atoi_u32(p.arg(1));
+                x.denominator = atoi_u32(p.arg(2));
                 for &c in &job.listeners {
                     out.packet(c, Command::WorkStatus, &[p.arg(0), p.arg(1), p.arg(2)]);
                 }
