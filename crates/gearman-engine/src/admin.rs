@@ -208,6 +208,7 @@ impl Engine {
         if !f.workers.is_empty() || f.total > 0 {
             return b"ERR there are still connected workers or executing clients\r\n".to_vec();
         }
+        self.ready.remove(fid);
         let f = self.functions.remove(fid);
         self.function_ids.remove(&f.name);
         OK.to_vec()

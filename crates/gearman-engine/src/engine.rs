@@ -2,7 +2,7 @@
 //! handles its command family.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 use bytes::Bytes;
 use gearman_proto::{Command, Magic, Packet};
@@ -10,6 +10,7 @@ use slab::Slab;
 
 use crate::function::{Function, FunctionId};
 use crate::job::{CoalesceKey, Job, JobId, JobState};
+use crate::ready::ReadySet;
 use crate::session::Session;
 use crate::{ConnId, EngineConfig, NowMs, Outbox};
 
@@ -61,7 +62,20 @@ pub struct Engine {
     pub(crate) next_sleep_gen: u64,
     /// Monitoring counters (`stats.rs`).
     pub(crate) stats: crate::stats::Stats,
+    /// Functions whose queues hold entries (some may be stale or abandoned).
+    pub(crate) ready: ReadySet,
+    /// Sleeping workers registered for more than [`Engine::wide_after`] functions,
+    /// as `(connection, sleep generation)`: filed once here rather than in each of
+    /// their functions' sleeper queues, which would make every PRE_SLEEP cost as much
+    /// as the worker has functions.
+    pub(crate) wide_sleepers: VecDeque<(ConnId, u64)>,
+    /// [`WIDE_WORKER_ABILITIES`]; tests lower it to run every path through the wide one.
+    pub(crate) wide_after: usize,
 }
+
+/// Workers with more functions than this sleep in [`Engine::wide_sleepers`] and are
+/// served from [`Engine::ready`]; below it, walking their functions is cheaper.
+pub(crate) const WIDE_WORKER_ABILITIES: usize = 32;
 
 impl Engine {
     /// A new, empty engine.
@@ -84,6 +98,9 @@ impl Engine {
             next_hold: 1,
             next_sleep_gen: 1,
             stats: crate::stats::Stats::default(),
+            ready: ReadySet::default(),
+            wide_sleepers: VecDeque::new(),
+            wide_after: WIDE_WORKER_ABILITIES,
         }
     }
 
@@ -108,6 +125,9 @@ impl Engine {
         for a in &session.abilities {
             if let Some(f) = self.functions.get_mut(a.function) {
                 f.workers.retain(|&w| w != conn);
+                if session.wide {
+                    f.wide_workers.retain(|&w| w != conn);
+                }
             }
         }
         for (jid, seq) in session.running {
@@ -217,6 +237,11 @@ impl Engine {
             self.work_timers.shrink_to_fit();
             shrank = true;
         }
+        shrank |= self.ready.shrink();
+        if sparse(self.wide_sleepers.len(), self.wide_sleepers.capacity()) {
+            self.wide_sleepers.shrink_to_fit();
+            shrank = true;
+        }
         for (_, f) in &mut self.functions {
             for q in f.queues.iter_mut().chain(std::iter::once(&mut f.sleepers)) {
                 if sparse(q.len(), q.capacity()) {
@@ -315,7 +340,38 @@ impl Engine {
         if let Some(q) = self.functions.get_mut(fid).and_then(|f| f.queues.get_mut(prio)) {
             q.push_back((jid, seq));
         }
+        self.mark_ready(fid);
         self.wake_sleepers(fid, out);
+    }
+
+    /// `fid` has queued jobs now: files it in [`Engine::ready`] and tells its wide
+    /// workers.
+    pub(crate) fn mark_ready(&mut self, fid: FunctionId) {
+        if !self.ready.insert(fid) {
+            return;
+        }
+        let Some(f) = self.functions.get(fid) else { return };
+        for &w in &f.wide_workers {
+            if let Some(s) = self.sessions.get_mut(w) {
+                s.set_ready(fid, true);
+            }
+        }
+    }
+
+    /// Takes `fid` out of [`Engine::ready`] once its last queue entry is gone.
+    pub(crate) fn unready_if_empty(&mut self, fid: FunctionId) {
+        let Some(f) = self.functions.get(fid) else {
+            self.ready.remove(fid);
+            return;
+        };
+        if f.queues.iter().any(|q| !q.is_empty()) || !self.ready.remove(fid) {
+            return;
+        }
+        for &w in &f.wide_workers {
+            if let Some(s) = self.sessions.get_mut(w) {
+                s.set_ready(fid, false);
+            }
+        }
     }
 
     /// Sends NOOP to sleeping workers of `fid` that were not woken yet, longest
@@ -326,7 +382,7 @@ impl Engine {
         let mut woken = 0usize;
         loop {
             let Some(f) = self.functions.get_mut(fid) else { return };
-            let Some((w, generation)) = f.sleepers.pop_front() else { return };
+            let Some((w, generation)) = f.sleepers.pop_front() else { break };
             let Some(s) = self.sessions.get_mut(w) else { continue };
             if !s.sleeping || s.noop_sent || s.sleep_gen != generation {
                 continue;
@@ -338,6 +394,29 @@ impl Engine {
                 return;
             }
         }
+        if !self.wide_sleepers.is_empty() {
+            self.wake_wide_sleepers(fid, limit.saturating_sub(woken), limit == 0, out);
+        }
+    }
+
+    /// [`Engine::wake_sleepers`] among the wide workers: O(wide sleepers), which only
+    /// workers registered for many functions pay for. Stale entries are dropped on the
+    /// way; sleepers that cannot do `fid` keep their place.
+    fn wake_wide_sleepers(&mut self, fid: FunctionId, mut left: usize, all: bool, out: &mut dyn Outbox) {
+        let sessions = &mut self.sessions;
+        self.wide_sleepers.retain(|&(w, generation)| {
+            let Some(s) = sessions.get_mut(w) else { return false };
+            if !s.sleeping || s.noop_sent || s.sleep_gen != generation {
+                return false;
+            }
+            if (!all && left == 0) || !s.can(fid) {
+                return true;
+            }
+            s.noop_sent = true;
+            out.packet(w, Command::Noop, &[]);
+            left = left.saturating_sub(1);
+            false
+        });
     }
 
     /// Files a connection that just went to sleep as a sleeper of each function it can
@@ -350,6 +429,16 @@ impl Engine {
         s.noop_sent = false;
         s.sleep_gen = generation;
         let Some(s) = self.sessions.get(conn) else { return };
+        if s.wide {
+            self.wide_sleepers.push_back((conn, generation));
+            if self.wide_sleepers.len() > 2 * self.sessions.len() + 16 {
+                let sessions = &self.sessions;
+                self.wide_sleepers.retain(|&(w, g)| {
+                    sessions.get(w).is_some_and(|s| s.sleeping && !s.noop_sent && s.sleep_gen == g)
+                });
+            }
+            return;
+        }
         for a in &s.abilities {
             let Some(f) = self.functions.get_mut(a.function) else { continue };
             f.sleepers.push_back((conn, generation));

@@ -25,6 +25,9 @@ pub(crate) struct Function {
     /// been woken or slept again (newer generation) is stale and skipped when popped,
     /// so waking a worker costs O(1) whatever the number of workers.
     pub(crate) sleepers: VecDeque<(ConnId, u64)>,
+    /// Wide workers (`Session::wide`) registered for this function, once each: told
+    /// when it gains or loses queued jobs.
+    pub(crate) wide_workers: Vec<ConnId>,
     /// `maxqueue` limits per priority; 0 = unlimited.
     pub(crate) max_queue: [u32; 3],
     /// Jobs of this function in any state (queued, scheduled, running).
@@ -44,6 +47,7 @@ impl Function {
             queues: Default::default(),
             workers: Vec::new(),
             sleepers: VecDeque::new(),
+            wide_workers: Vec::new(),
             max_queue: [0; 3],
             total: 0,
             running: 0,

@@ -13,6 +13,7 @@ mod function;
 mod handle;
 mod job;
 mod outbox;
+mod ready;
 mod session;
 mod stats;
 mod store;

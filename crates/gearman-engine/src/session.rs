@@ -3,6 +3,10 @@
 
 use bytes::Bytes;
 
+use std::cmp::Reverse;
+use std::collections::BTreeSet;
+
+use crate::engine::HashMap;
 use crate::function::FunctionId;
 use crate::job::JobId;
 
@@ -29,6 +33,20 @@ pub(crate) struct Session {
     pub(crate) client_id: Bytes,
     /// Most recently registered first.
     pub(crate) abilities: Vec<Ability>,
+    /// The same functions by id: how this connection prefers each (higher first: the
+    /// order of `abilities`) and its CAN_DO_TIMEOUT, so that a worker registered for
+    /// thousands of functions is served without walking `abilities`.
+    pub(crate) ranks: HashMap<FunctionId, Rank>,
+    /// Registered for more than `Engine::wide_after` functions at some point: it
+    /// sleeps in `Engine::wide_sleepers` and is served from `ready_ranked`.
+    pub(crate) wide: bool,
+    /// For a wide worker, its functions that have queued jobs, best first, kept up to
+    /// date by the engine as functions gain or lose queued jobs.
+    pub(crate) ready_ranked: BTreeSet<(Reverse<i64>, FunctionId)>,
+    /// Source of ranks for new registrations (counts up).
+    next_rank_up: i64,
+    /// Source of ranks for functions sent to the back by `--round-robin` (counts down).
+    next_rank_down: i64,
     pub(crate) exceptions: bool,
     /// Sent PRE_SLEEP and has not grabbed since.
     pub(crate) sleeping: bool,
@@ -54,6 +72,11 @@ impl Session {
             ip,
             client_id: Bytes::from_static(DEFAULT_CLIENT_ID),
             abilities: Vec::new(),
+            ranks: HashMap::default(),
+            wide: false,
+            ready_ranked: BTreeSet::new(),
+            next_rank_up: 0,
+            next_rank_down: -1,
             exceptions,
             sleeping: false,
             noop_sent: false,
@@ -65,8 +88,110 @@ impl Session {
         }
     }
 
-    /// The CAN_DO_TIMEOUT for `function` on this connection (first entry wins).
+    /// The CAN_DO_TIMEOUT for `function` on this connection (the latest CAN_DO wins).
     pub(crate) fn timeout_for(&self, function: FunctionId) -> u32 {
-        self.abilities.iter().find(|a| a.function == function).map_or(0, |a| a.timeout_ms)
+        self.ranks.get(&function).map_or(0, |r| r.timeout_ms)
     }
+
+    /// Whether this connection registered `function`.
+    pub(crate) fn can(&self, function: FunctionId) -> bool {
+        self.ranks.contains_key(&function)
+    }
+
+    /// Registers `function` in front of the others; `ready`: it has queued jobs.
+    pub(crate) fn register(&mut self, function: FunctionId, timeout_ms: u32, ready: bool) {
+        self.abilities.insert(0, Ability { function, timeout_ms });
+        self.next_rank_up += 1;
+        let rank = self.next_rank_up;
+        let old = self.ranks.insert(function, Rank { rank, timeout_ms });
+        if self.wide {
+            if let Some(old) = old {
+                self.ready_ranked.remove(&(Reverse(old.rank), function));
+            }
+            if ready {
+                self.ready_ranked.insert((Reverse(rank), function));
+            }
+        }
+    }
+
+    /// Makes this a wide worker; returns its functions (once each). `ready` tells
+    /// which have queued jobs.
+    pub(crate) fn widen(&mut self, ready: impl Fn(FunctionId) -> bool) -> Vec<FunctionId> {
+        self.wide = true;
+        self.ready_ranked = self
+            .ranks
+            .iter()
+            .filter(|(&fid, _)| ready(fid))
+            .map(|(&fid, r)| (Reverse(r.rank), fid))
+            .collect();
+        self.ranks.keys().copied().collect()
+    }
+
+    /// A function of this wide worker gained (`true`) or lost its queued jobs.
+    pub(crate) fn set_ready(&mut self, function: FunctionId, ready: bool) {
+        let Some(r) = self.ranks.get(&function).filter(|_| self.wide) else { return };
+        let entry = (Reverse(r.rank), function);
+        if ready {
+            self.ready_ranked.insert(entry);
+        } else {
+            self.ready_ranked.remove(&entry);
+        }
+    }
+
+    /// A wide worker's best function with queued jobs.
+    pub(crate) fn best_ready(&self) -> Option<FunctionId> {
+        self.ready_ranked.first().map(|&(_, fid)| fid)
+    }
+
+    /// Unregisters every function `matches` selects, returning them.
+    pub(crate) fn unregister(&mut self, matches: impl Fn(FunctionId) -> bool) -> Vec<FunctionId> {
+        let mut dropped = Vec::new();
+        self.abilities.retain(|a| {
+            let m = matches(a.function);
+            if m {
+                dropped.push(a.function);
+            }
+            !m
+        });
+        for &fid in &dropped {
+            if let Some(r) = self.ranks.remove(&fid) {
+                self.ready_ranked.remove(&(Reverse(r.rank), fid));
+            }
+        }
+        dropped
+    }
+
+    /// `--round-robin`: `function` just gave a job, so it goes behind all others.
+    /// Every entry of it moves (a function registered twice is listed twice), so the
+    /// list order and the ranks agree; gearmand moves only the one entry.
+    pub(crate) fn send_to_back(&mut self, function: FunctionId) {
+        let before = self.abilities.len();
+        let mut moved: Vec<Ability> = Vec::new();
+        self.abilities.retain(|a| {
+            let m = a.function == function;
+            if m {
+                moved.push(*a);
+            }
+            !m
+        });
+        self.abilities.extend(moved);
+        debug_assert_eq!(before, self.abilities.len());
+        if let Some(r) = self.ranks.get_mut(&function) {
+            let old = std::mem::replace(&mut r.rank, self.next_rank_down);
+            self.next_rank_down -= 1;
+            if self.ready_ranked.remove(&(Reverse(old), function)) {
+                self.ready_ranked.insert((Reverse(r.rank), function));
+            }
+        }
+    }
+}
+
+/// How a connection ranks one of its functions when several have work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rank {
+    /// Higher is served first: the latest CAN_DO ranks highest, and `--round-robin`
+    /// moves a function that just gave a job below all others.
+    pub(crate) rank: i64,
+    /// CAN_DO_TIMEOUT in milliseconds; 0 = none.
+    pub(crate) timeout_ms: u32,
 }

@@ -3,6 +3,7 @@
 //! [`Engine::check_invariants`] run after every step, and a property test that drives
 //! random operation sequences.
 
+use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 
 use gearman_proto::{Command, Magic, Packet, Sender};
@@ -116,9 +117,53 @@ fn deep_invariants(e: &Engine) -> Result<(), String> {
             return Err(format!("function {fid}: worker entries {entries:?} vs abilities {abilities:?}"));
         }
     }
+    let mut queued_functions = 0;
+    for (fid, f) in &e.functions {
+        let queued = f.queues.iter().any(|q| !q.is_empty());
+        queued_functions += usize::from(queued);
+        if e.ready.contains(fid) != queued {
+            return Err(format!("function {fid}: ready {} but queued {queued}", e.ready.contains(fid)));
+        }
+    }
+    if e.ready.len() != queued_functions {
+        return Err(format!("{} ready functions, {queued_functions} with queued jobs", e.ready.len()));
+    }
     for (cid, s) in &e.sessions {
         if s.noop_sent && !s.sleeping {
             return Err(format!("session {cid}: NOOP sent but not sleeping"));
+        }
+        // The rank index lists each function once, with the timeout of its first
+        // (latest) entry, ranked in the order of the list.
+        let mut last_rank = i64::MAX;
+        let mut firsts = HashSet::new();
+        for a in &s.abilities {
+            if !firsts.insert(a.function) {
+                continue;
+            }
+            match s.ranks.get(&a.function) {
+                Some(r) if r.timeout_ms == a.timeout_ms && r.rank < last_rank => last_rank = r.rank,
+                other => return Err(format!("session {cid}: rank of {} is {other:?}", a.function)),
+            }
+        }
+        if firsts.len() != s.ranks.len() {
+            return Err(format!("session {cid}: {} ranks for {} functions", s.ranks.len(), firsts.len()));
+        }
+        // A wide worker's sorted ready functions are exactly its functions with queued
+        // jobs, and each of its functions lists it once among its wide workers.
+        let want: std::collections::BTreeSet<_> = if s.wide {
+            s.ranks.iter().filter(|(&f, _)| e.ready.contains(f)).map(|(&f, r)| (Reverse(r.rank), f)).collect()
+        } else {
+            Default::default()
+        };
+        if s.ready_ranked != want {
+            return Err(format!("session {cid}: ready_ranked {:?}, want {want:?}", s.ready_ranked));
+        }
+        for (fid, f) in &e.functions {
+            let listed = f.wide_workers.iter().filter(|&&w| w == cid).count();
+            let want = usize::from(s.wide && s.can(fid));
+            if listed != want {
+                return Err(format!("function {fid} lists wide worker {cid} {listed} times, want {want}"));
+            }
         }
         for a in &s.abilities {
             if !e.functions.contains(a.function) {
@@ -707,6 +752,101 @@ fn round_robin_rotates_functions() {
     let order: Vec<String> = (0..7).map(|_| grab_data(&mut h, w)).collect();
     assert_eq!(order, ["c:1", "b:1", "a:1", "c:2", "b:2", "a:2", "none"]);
     assert_eq!(h.admin_text("workers"), "2 127.0.0.1 - : c b a\n1 127.0.0.1 - :\n.\n");
+}
+
+#[test]
+fn a_worker_with_many_functions_is_served_in_the_same_order() {
+    // Past WIDE_WORKER_ABILITIES functions, the candidates come from the functions
+    // with queued jobs rather than from the worker's list; the order must not change.
+    for round_robin in [false, true] {
+        let mut h = Harness::with(EngineConfig { round_robin, ..config() });
+        let c = h.connect();
+        let w = h.connect();
+        for i in 0..100 {
+            h.can_do(w, &format!("f{i}"));
+        }
+        assert!(h.e.sessions.get(w).is_some_and(|s| s.wide));
+        for f in ["f5", "f99", "f50"] {
+            for d in ["1", "2"] {
+                assert_eq!(h.submit(c, Command::SubmitJobBg, f, "", d).len(), 1);
+            }
+        }
+        // A job for a function the worker cannot do is never offered.
+        assert_eq!(h.submit(c, Command::SubmitJobBg, "other", "", "x").len(), 1);
+        let order: Vec<String> = (0..7).map(|_| grab_data(&mut h, w)).collect();
+        let want = if round_robin {
+            ["f99:1", "f50:1", "f5:1", "f99:2", "f50:2", "f5:2", "none"]
+        } else {
+            ["f99:1", "f99:2", "f50:1", "f50:2", "f5:1", "f5:2", "none"]
+        };
+        assert_eq!(order, want, "round_robin {round_robin}");
+        // Registering again moves a function to the front, as for a short list.
+        h.can_do(w, "f5");
+        h.submit_ok(c, Command::SubmitJobBg, "f99", "", "3", "H:t:8");
+        h.submit_ok(c, Command::SubmitJobBg, "f5", "", "3", "H:t:9");
+        assert_eq!(grab_data(&mut h, w), "f5:3");
+    }
+}
+
+#[test]
+fn a_sleeping_worker_with_many_functions_is_filed_once_and_woken_for_any_of_them() {
+    let mut h = Harness::new();
+    let c = h.connect();
+    let wide: Vec<ConnId> = (0..2).map(|_| h.connect()).collect();
+    for &w in &wide {
+        for i in 0..100 {
+            h.can_do(w, &format!("f{i}"));
+        }
+    }
+    let narrow = h.connect();
+    h.can_do(narrow, "f7");
+    assert_eq!(h.pre_sleep(wide[0]), vec![]);
+    assert_eq!(h.pre_sleep(narrow), vec![]);
+    assert_eq!(h.pre_sleep(wide[1]), vec![]);
+    // PRE_SLEEP of a wide worker costs one entry, not one per function.
+    let filed: usize = h.e.functions.iter().map(|(_, f)| f.sleepers.len()).sum();
+    assert_eq!((filed, h.e.wide_sleepers.len()), (1, 2));
+    // Nobody is woken for a function none of them does.
+    assert_eq!(h.submit(c, Command::SubmitJobBg, "other", "", "x"), vec![created(c, "H:t:1")]);
+    // One sleeper per job: the narrow one (filed under f7) first, then the wide ones
+    // in the order they went to sleep.
+    assert_eq!(h.submit(c, Command::SubmitJobBg, "f7", "", "1"), vec![created(c, "H:t:2"), noop(narrow)]);
+    assert_eq!(h.submit(c, Command::SubmitJobBg, "f7", "", "2"), vec![created(c, "H:t:3"), noop(wide[0])]);
+    assert_eq!(h.submit(c, Command::SubmitJobBg, "f42", "", "3"), vec![created(c, "H:t:4"), noop(wide[1])]);
+    assert_eq!(h.submit(c, Command::SubmitJobBg, "f42", "", "4"), vec![created(c, "H:t:5")]);
+    assert!(h.e.wide_sleepers.is_empty());
+    assert_eq!(h.grab(wide[1]), vec![assign(wide[1], "H:t:4", "f42", "3")]);
+    // Queued work: PRE_SLEEP answers NOOP at once, whichever function has it.
+    assert_eq!(h.pre_sleep(wide[1]), vec![noop(wide[1])]);
+    // A woken wide worker that leaves passes its wake-up on.
+    assert_eq!(h.grab(wide[1]), vec![assign(wide[1], "H:t:5", "f42", "4")]);
+    assert_eq!(h.grab(narrow), vec![assign(narrow, "H:t:2", "f7", "1")]);
+    assert_eq!(h.grab(wide[1]), vec![assign(wide[1], "H:t:3", "f7", "2")]);
+    assert_eq!(h.grab(wide[1]), vec![no_job(wide[1])]);
+    assert_eq!(h.pre_sleep(wide[1]), vec![]);
+    let third = h.connect();
+    for i in 0..100 {
+        h.can_do(third, &format!("f{i}"));
+    }
+    assert_eq!(h.pre_sleep(third), vec![]);
+    assert_eq!(h.submit(c, Command::SubmitJobBg, "f9", "", "5"), vec![created(c, "H:t:6"), noop(wide[1])]);
+    assert_eq!(h.disconnect(wide[1]), vec![noop(third)]);
+    // It also inherits the jobs wide[1] held, the latest registered function first.
+    assert_eq!(h.grab(third), vec![assign(third, "H:t:4", "f42", "3")]);
+}
+
+#[test]
+fn wide_sleeper_entries_stay_bounded_when_workers_cycle() {
+    let mut h = Harness::new();
+    let w = h.connect();
+    for i in 0..40 {
+        h.can_do(w, &format!("f{i}"));
+    }
+    // PRE_SLEEP again and again without a job: every earlier entry goes stale.
+    for _ in 0..500 {
+        assert_eq!(h.pre_sleep(w), vec![]);
+    }
+    assert!(h.e.wide_sleepers.len() <= 2 * h.e.sessions.len() + 16 + 1, "{}", h.e.wide_sleepers.len());
 }
 
 // ---------------------------------------------------------------------------------
@@ -1965,8 +2105,9 @@ impl Model {
     }
 }
 
-fn run_ops(cfg: EngineConfig, ops: &[Op]) -> Result<(), TestCaseError> {
+fn run_ops(cfg: EngineConfig, wide_after: usize, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut h = Harness::with(cfg);
+    h.e.wide_after = wide_after;
     let mut m = Model::default();
     for op in ops {
         let mut sent = Vec::new();
@@ -2232,8 +2373,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_operations_keep_invariants(cfg in engine_config(), ops in prop::collection::vec(op(), 1..120)) {
-        run_ops(cfg, &ops)?;
+    fn random_operations_keep_invariants(
+        cfg in engine_config(),
+        wide_after in prop::sample::select(vec![0usize, 1, crate::engine::WIDE_WORKER_ABILITIES]),
+        ops in prop::collection::vec(op(), 1..120),
+    ) {
+        run_ops(cfg, wide_after, &ops)?;
     }
 }
 

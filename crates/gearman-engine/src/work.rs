@@ -8,7 +8,6 @@ use gearman_proto::{Command, Packet};
 use crate::engine::error;
 use crate::function::FunctionId;
 use crate::job::{atoi_u32, JobId, JobState};
-use crate::session::Ability;
 use crate::submit::strip_trailing_nul;
 use crate::{ConnId, Engine, NowMs, Outbox};
 
@@ -22,13 +21,30 @@ impl Engine {
     pub(crate) fn can_do(&mut self, conn: ConnId, name: &[u8], timeout_ms: u32) {
         let fid = self.function_id(name);
         let Some(s) = self.sessions.get_mut(conn) else { return };
-        s.abilities.insert(0, Ability { function: fid, timeout_ms });
+        s.register(fid, timeout_ms, self.ready.contains(fid));
+        let newly_wide = if !s.wide && s.abilities.len() > self.wide_after {
+            let ready = &self.ready;
+            s.widen(|f| ready.contains(f))
+        } else {
+            Vec::new()
+        };
+        let wide = s.wide;
         // A connection asleep already can be woken for its new function too.
         let asleep = (s.sleeping && !s.noop_sent).then_some(s.sleep_gen);
         if let Some(f) = self.functions.get_mut(fid) {
             f.workers.push(conn);
+            if wide && !f.wide_workers.contains(&conn) {
+                f.wide_workers.push(conn);
+            }
             if let Some(generation) = asleep {
                 f.sleepers.push_back((conn, generation));
+            }
+        }
+        for other in newly_wide {
+            if let Some(f) = self.functions.get_mut(other) {
+                if !f.wide_workers.contains(&conn) {
+                    f.wide_workers.push(conn);
+                }
             }
         }
     }
@@ -53,18 +69,15 @@ impl Engine {
     ) {
         let Some(s) = self.sessions.get_mut(conn) else { return };
         let woken_not_grabbed = s.sleeping && s.noop_sent;
-        let mut dropped: Vec<FunctionId> = Vec::new();
-        s.abilities.retain(|a| {
-            let m = matches(a.function);
-            if m {
-                dropped.push(a.function);
-            }
-            !m
-        });
+        let dropped = s.unregister(matches);
+        let wide = s.wide;
         let held: Vec<(JobId, u64)> = s.running.clone();
         for &fid in &dropped {
             if let Some(f) = self.functions.get_mut(fid) {
                 f.workers.retain(|&w| w != conn);
+                if wide {
+                    f.wide_workers.retain(|&w| w != conn);
+                }
             }
         }
         for (jid, seq) in held {
@@ -87,12 +100,11 @@ impl Engine {
         // not woken by them and then answered with a second NOOP below.
         let was_sleeping = self.sessions.get_mut(conn).is_some_and(|s| std::mem::take(&mut s.sleeping));
         self.promote_due(now, out);
-        // Indexing rather than iterating: has_live_job discards jobs (needs `self`
+        // A cursor rather than an iterator: has_live_job discards jobs (needs `self`
         // mutably) but never changes this connection's abilities.
+        let mut cursor = self.candidates(conn);
         let mut has_work = false;
-        for pos in 0.. {
-            let ability = self.sessions.get(conn).and_then(|s| s.abilities.get(pos));
-            let Some(fid) = ability.map(|a| a.function) else { break };
+        while let Some(fid) = self.next_candidate(conn, &mut cursor) {
             if self.has_live_job(fid, out) {
                 has_work = true;
                 break;
@@ -115,18 +127,12 @@ impl Engine {
         s.sleeping = false;
         s.noop_sent = false;
         self.promote_due(now, out);
-        // Indexing rather than iterating: take_queued needs `self` mutably, and
-        // taking a job never changes this connection's abilities.
-        for pos in 0.. {
-            let ability = self.sessions.get(conn).and_then(|s| s.abilities.get(pos));
-            let Some(fid) = ability.map(|a| a.function) else { break };
+        let mut cursor = self.candidates(conn);
+        while let Some(fid) = self.next_candidate(conn, &mut cursor) {
             if let Some(jid) = self.take_queued(fid, out) {
                 if self.config.round_robin {
                     if let Some(s) = self.sessions.get_mut(conn) {
-                        if pos < s.abilities.len() {
-                            let a = s.abilities.remove(pos);
-                            s.abilities.push(a);
-                        }
+                        s.send_to_back(fid);
                     }
                 }
                 self.assign(conn, jid, kind, now, out);
@@ -134,6 +140,41 @@ impl Engine {
             }
         }
         out.packet(conn, Command::NoJob, &[]);
+    }
+
+    /// Starts a walk over the functions of `conn` that may have work, in the order it
+    /// is served (latest CAN_DO first, see `Session::ranks`), skipping functions with
+    /// empty queues. A worker with few functions walks its list; a wide one (10,000
+    /// functions) takes the best of its functions with queued jobs, which the engine
+    /// keeps sorted for it, so neither GRAB_JOB nor PRE_SLEEP looks at every function.
+    fn candidates(&self, conn: ConnId) -> Candidates {
+        match self.sessions.get(conn) {
+            Some(s) if s.wide => Candidates::Best(None),
+            _ => Candidates::Walk(0),
+        }
+    }
+
+    /// The next function of a [`Engine::candidates`] walk.
+    fn next_candidate(&self, conn: ConnId, cursor: &mut Candidates) -> Option<FunctionId> {
+        match cursor {
+            Candidates::Walk(pos) => loop {
+                let fid = self.sessions.get(conn)?.abilities.get(*pos)?.function;
+                *pos += 1;
+                if self.ready.contains(fid) {
+                    return Some(fid);
+                }
+            },
+            // The caller tried the last one and found it empty, which took it out of
+            // the set; seeing it again would mean the set is wrong, so stop.
+            Candidates::Best(last) => {
+                let best = self.sessions.get(conn)?.best_ready()?;
+                if *last == Some(best) {
+                    return None;
+                }
+                *last = Some(best);
+                Some(best)
+            }
+        }
     }
 
     /// Whether a function has a queued job a worker would get. Abandoned (cancelled)
@@ -162,6 +203,7 @@ impl Engine {
         if let Some(q) = self.functions.get_mut(fid).and_then(|f| f.queues.get_mut(prio)) {
             q.pop_front();
         }
+        self.unready_if_empty(fid);
     }
 
     /// Pops the first wanted job of a function, highest priority first, discarding
@@ -171,6 +213,7 @@ impl Engine {
             loop {
                 let entry = self.functions.get_mut(fid)?.queues.get_mut(prio)?.pop_front();
                 let Some((jid, seq)) = entry else { break };
+                self.unready_if_empty(fid);
                 let Some(job) = self.live_job(jid, seq) else { continue };
                 if job.abandoned {
                     self.remove_job(jid, out);
@@ -288,6 +331,14 @@ impl Engine {
             _ => {}
         }
     }
+}
+
+/// Where a walk over a worker's candidate functions stands.
+enum Candidates {
+    /// Walking the worker's own list, at this position.
+    Walk(usize),
+    /// A wide worker's best ready function each time; the last one given.
+    Best(Option<FunctionId>),
 }
 
 #[cfg(test)]
