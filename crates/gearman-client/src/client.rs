@@ -12,17 +12,7 @@ use crate::conn::Conn;
 use crate::util::{normalize_addr, parse_num, req, stable_hash, Backoff};
 use crate::ClientError;
 
-/// Job priority. Gearman orders jobs by priority only within one function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Priority {
-    /// `SUBMIT_JOB_LOW*`.
-    Low,
-    /// `SUBMIT_JOB*` (the default).
-    #[default]
-    Normal,
-    /// `SUBMIT_JOB_HIGH*`.
-    High,
-}
+pub use gearman_proto::Priority;
 
 /// What to submit: function, workload and options.
 ///
@@ -102,17 +92,6 @@ impl JobRequest {
         Ok(())
     }
 
-    fn command(&self, background: bool) -> Command {
-        match (self.priority, background) {
-            (Priority::Normal, false) => Command::SubmitJob,
-            (Priority::Normal, true) => Command::SubmitJobBg,
-            (Priority::High, false) => Command::SubmitJobHigh,
-            (Priority::High, true) => Command::SubmitJobHighBg,
-            (Priority::Low, false) => Command::SubmitJobLow,
-            (Priority::Low, true) => Command::SubmitJobLowBg,
-        }
-    }
-
     fn encode(&self, background: bool) -> Bytes {
         let unique: &[u8] = self.unique.as_deref().unwrap_or_default();
         match self.run_at {
@@ -124,7 +103,7 @@ impl JobRequest {
                 let secs = secs.to_string();
                 req(Command::SubmitJobEpoch, &[&self.function, unique, secs.as_bytes(), &self.data])
             }
-            _ => req(self.command(background), &[&self.function, unique, &self.data]),
+            _ => req(self.priority.submit_command(background), &[&self.function, unique, &self.data]),
         }
     }
 }

@@ -4,31 +4,10 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::ConnId;
+use crate::{ConnId, Priority};
 
 /// Index of a job in the engine's slab.
 pub(crate) type JobId = usize;
-
-/// Job priority; the numeric value is gearmand's (0 = high), used for queue indexes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Priority {
-    /// Taken before normal and low jobs of the same function.
-    High = 0,
-    /// The default.
-    Normal = 1,
-    /// Taken last.
-    Low = 2,
-}
-
-impl Priority {
-    /// All priorities, highest first.
-    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
-
-    /// Queue index (0 = high).
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,7 @@ mod tests;
 
 pub use config::EngineConfig;
 pub use engine::{Engine, PeerInfo};
-pub use job::Priority;
+pub use gearman_proto::Priority;
 pub use outbox::{Outbox, RecordingOutbox, Sent};
 pub use stats::{FunctionGauges, Histogram, Stats, WorkerEntry, JOB_TIME_BOUNDS_MS, MAX_BUCKETS};
 pub use store::StoredJob;

@@ -10,6 +10,7 @@ mod decode;
 mod encode;
 mod error;
 mod packet;
+mod priority;
 
 pub use command::{ArgLayout, Command, Sender};
 pub use decode::{
@@ -18,3 +19,4 @@ pub use decode::{
 pub use encode::{encode, encode_parts, encoded_len};
 pub use error::ProtoError;
 pub use packet::{Magic, Packet, HEADER_BYTES};
+pub use priority::Priority;

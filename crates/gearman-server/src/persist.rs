@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gearman_engine::{Priority, StoredJob};
+use gearman_engine::StoredJob;
 use gearman_store::{JobRecord, QueueStore};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
@@ -24,11 +24,7 @@ pub(crate) fn to_record(job: StoredJob) -> JobRecord {
         key: job.key,
         function: job.function,
         unique: job.unique,
-        priority: match job.priority {
-            Priority::High => gearman_store::Priority::High,
-            Priority::Normal => gearman_store::Priority::Normal,
-            Priority::Low => gearman_store::Priority::Low,
-        },
+        priority: job.priority,
         data: job.data,
         when: job.when,
     }
@@ -40,11 +36,7 @@ pub(crate) fn from_record(r: JobRecord) -> StoredJob {
         key: r.key,
         function: r.function,
         unique: r.unique,
-        priority: match r.priority {
-            gearman_store::Priority::High => Priority::High,
-            gearman_store::Priority::Normal => Priority::Normal,
-            gearman_store::Priority::Low => Priority::Low,
-        },
+        priority: r.priority,
         data: r.data,
         when: r.when,
     }

@@ -31,43 +31,15 @@ pub mod redis;
 pub mod sqlite;
 pub mod testkit;
 
-/// Job priority, numbered as gearmand stores it (0 = high, 1 = normal, 2 = low).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-#[repr(u8)]
-pub enum Priority {
-    /// Taken before normal and low jobs of the same function.
-    High = 0,
-    /// The default.
-    #[default]
-    Normal = 1,
-    /// Taken last.
-    Low = 2,
-}
+pub use gearman_proto::Priority;
 
-impl Priority {
-    /// The number gearmand stores for this priority.
-    pub fn as_i64(self) -> i64 {
-        self as i64
-    }
-
-    /// Reads a stored priority; `None` for anything but 0, 1 and 2.
-    pub fn from_i64(n: i64) -> Option<Priority> {
-        match n {
-            0 => Some(Priority::High),
-            1 => Some(Priority::Normal),
-            2 => Some(Priority::Low),
-            _ => None,
-        }
-    }
-
-    /// Reads a stored priority leniently: unknown numbers become `Normal`, with a warning.
-    #[allow(dead_code)] // unused when every backend is compiled out
-    pub(crate) fn from_stored(n: i64, backend: &str, key: u64) -> Priority {
-        Priority::from_i64(n).unwrap_or_else(|| {
-            tracing::warn!(backend, key, priority = n, "stored job has an unknown priority; using normal");
-            Priority::Normal
-        })
-    }
+/// Reads a stored priority leniently: unknown numbers become `Normal`, with a warning.
+#[allow(dead_code)] // unused when every backend is compiled out
+pub(crate) fn priority_from_stored(n: i64, backend: &str, key: u64) -> Priority {
+    Priority::from_i64(n).unwrap_or_else(|| {
+        tracing::warn!(backend, key, priority = n, "stored job has an unknown priority; using normal");
+        Priority::Normal
+    })
 }
 
 /// One background job as it is persisted.
@@ -247,7 +219,7 @@ mod tests {
         assert_eq!(Priority::High.as_i64(), 0);
         assert_eq!(Priority::from_i64(2), Some(Priority::Low));
         assert_eq!(Priority::from_i64(3), None);
-        assert_eq!(Priority::from_stored(-1, "t", 1), Priority::Normal);
+        assert_eq!(crate::priority_from_stored(-1, "t", 1), Priority::Normal);
     }
 
     #[test]

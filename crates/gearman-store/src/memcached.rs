@@ -46,7 +46,7 @@ use bytes::Bytes;
 use tokio::sync::Mutex;
 
 use crate::backoff::Backoff;
-use crate::{JobRecord, Priority, QueueStore, StoreError, StoreOptions};
+use crate::{JobRecord, QueueStore, StoreError, StoreOptions};
 
 const DEFAULT_PORT: u16 = 11211;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -631,7 +631,7 @@ fn decode_head(key: u64, b: &[u8]) -> Result<(JobRecord, u64, u64, u32), String>
     if stored_key != key {
         return Err(format!("record holds key {stored_key}"));
     }
-    let priority = Priority::from_stored(i64::from(r.u8()?), "memcached", key);
+    let priority = crate::priority_from_stored(i64::from(r.u8()?), "memcached", key);
     let when = i64::from_be_bytes(r.array()?);
     let function_len = r.u32()? as usize;
     let unique_len = r.u32()? as usize;
@@ -756,6 +756,7 @@ fn parse_servers(list: &str) -> Result<String, StoreError> {
 mod tests {
     use super::*;
     use crate::testkit::record;
+    use crate::Priority;
 
     #[test]
     fn servers() {

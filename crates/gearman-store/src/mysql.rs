@@ -21,7 +21,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::timeout;
 
 use crate::backoff::Backoff;
-use crate::{key_to_i64, JobRecord, Priority, QueueStore, StoreError, StoreOptions};
+use crate::{key_to_i64, JobRecord, QueueStore, StoreError, StoreOptions};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A statement that takes longer is treated as a lost connection.
@@ -273,7 +273,7 @@ fn decode(mut row: Row) -> Result<JobRecord, String> {
         key,
         unique: bytes(&mut row, 1)?,
         function: bytes(&mut row, 2)?,
-        priority: Priority::from_stored(take(&mut row, 3)?.unwrap_or(1), "mysql", key),
+        priority: crate::priority_from_stored(take(&mut row, 3)?.unwrap_or(1), "mysql", key),
         data: bytes(&mut row, 4)?,
         when: take(&mut row, 5)?.unwrap_or(0),
     })

@@ -22,7 +22,7 @@ use tokio::time::timeout;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::backoff::Backoff;
-use crate::{key_to_i64, JobRecord, Priority, QueueStore, StoreError, StoreOptions};
+use crate::{key_to_i64, JobRecord, QueueStore, StoreError, StoreOptions};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A statement that takes longer is treated as a lost connection.
@@ -289,7 +289,11 @@ impl QueueStore for PostgresStore {
                     key,
                     unique: bytes(1)?,
                     function: bytes(2)?,
-                    priority: Priority::from_stored(i64::from(row.try_get::<_, i32>(3)?), "postgres", key),
+                    priority: crate::priority_from_stored(
+                        i64::from(row.try_get::<_, i32>(3)?),
+                        "postgres",
+                        key,
+                    ),
                     data: bytes(4)?,
                     when: row.try_get(5)?,
                 })

@@ -20,7 +20,7 @@ use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, R
 use tokio::sync::Mutex;
 
 use crate::backoff::Backoff;
-use crate::{JobRecord, Priority, QueueStore, StoreError, StoreOptions};
+use crate::{JobRecord, QueueStore, StoreError, StoreOptions};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A command that takes longer is treated as a lost connection.
@@ -199,7 +199,7 @@ impl RedisStore {
                 key: next,
                 function: Bytes::copy_from_slice(function),
                 unique: Bytes::copy_from_slice(unique),
-                priority: Priority::from_stored(priority, "redis", next),
+                priority: crate::priority_from_stored(priority, "redis", next),
                 data: Bytes::from(data),
                 when: 0,
             };
@@ -328,7 +328,7 @@ fn decode(key: u64, mut h: HashMap<Vec<u8>, Vec<u8>>) -> Result<Option<JobRecord
         key,
         function: Bytes::from(function),
         unique: take(b"unique").map(Bytes::from).unwrap_or_default(),
-        priority: Priority::from_stored(priority, "redis", key),
+        priority: crate::priority_from_stored(priority, "redis", key),
         data: take(b"data").map(Bytes::from).unwrap_or_default(),
         when: take(b"when").and_then(|w| parse_int(&w)).unwrap_or(0),
     }))
@@ -353,6 +353,7 @@ fn glob_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Priority;
 
     #[test]
     fn glob_and_decode() {

@@ -249,7 +249,7 @@ impl Db {
                 function: bytes_of(row.get_ref(2)?),
                 priority: match row.get_ref(3)? {
                     ValueRef::Null => Priority::Normal,
-                    v => Priority::from_stored(int_of(v).unwrap_or(-1), "libsqlite3", key),
+                    v => crate::priority_from_stored(int_of(v).unwrap_or(-1), "libsqlite3", key),
                 },
                 data: bytes_of(row.get_ref(4)?),
                 when: int_of(row.get_ref(5)?).unwrap_or(0),
