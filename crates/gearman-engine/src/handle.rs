@@ -2,8 +2,6 @@
 //! rather than stored: a queued job then holds no handle allocation, and the handle
 //! index is keyed by the number instead of hashing and comparing the bytes.
 
-use std::io::Write;
-
 /// Bytes kept inline; longer handles (a long `--job-handle-prefix`) go to the heap.
 const INLINE_BYTES: usize = 96;
 
@@ -15,14 +13,23 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
-    /// `prefix:seq`.
+    /// `prefix:seq`. Built by hand rather than with `write!`: this runs for every
+    /// JOB_CREATED and JOB_ASSIGN, and the formatting machinery cost more than the
+    /// rest of a background submit's engine work.
     pub(crate) fn new(prefix: &str, seq: u64) -> Handle {
-        let mut h = Handle { inline: [0; INLINE_BYTES], len: 0, heap: Vec::new() };
-        let mut cursor = std::io::Cursor::new(&mut h.inline[..]);
-        if write!(cursor, "{prefix}:{seq}").is_ok() {
-            h.len = usize::try_from(cursor.position()).unwrap_or(0);
-        } else {
-            h.heap = format!("{prefix}:{seq}").into_bytes();
+        let mut digits = itoa::Buffer::new();
+        let parts = [prefix.as_bytes(), b":", digits.format(seq).as_bytes()];
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut h = Handle { inline: [0; INLINE_BYTES], len, heap: Vec::new() };
+        if len > INLINE_BYTES {
+            h.heap = parts.concat();
+            return h;
+        }
+        let mut rest = &mut h.inline[..];
+        for part in parts {
+            let (head, tail) = rest.split_at_mut(part.len());
+            head.copy_from_slice(part);
+            rest = tail;
         }
         h
     }
@@ -78,6 +85,15 @@ mod tests {
         ] {
             assert_eq!(parse("H:host", bad), None, "{bad:?}");
         }
+        // Around the inline limit: `prefix:` + 2 digits of 96 and 97 bytes.
+        for n in [93, 94, 95] {
+            let prefix = "p".repeat(n);
+            let h = Handle::new(&prefix, 42);
+            assert_eq!(&*h, format!("{prefix}:42").as_bytes());
+            assert_eq!(parse(&prefix, &h), Some(42));
+        }
+        assert_eq!(&*Handle::new("H", u64::MAX), format!("H:{}", u64::MAX).as_bytes());
+        assert_eq!(&*Handle::new("", 0), b":0");
         let long = "p".repeat(200);
         let h = Handle::new(&long, 7);
         assert_eq!(h.len(), 202);
