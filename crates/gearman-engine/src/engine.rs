@@ -170,7 +170,7 @@ impl Engine {
             return;
         }
         match packet.command {
-            Command::EchoReq => out.packet(conn, Command::EchoRes, &[packet.arg(0)]),
+            Command::EchoReq => out.packet_data(conn, Command::EchoRes, &[], &packet.arg_bytes(0)),
             Command::SubmitJob
             | Command::SubmitJobBg
             | Command::SubmitJobHigh

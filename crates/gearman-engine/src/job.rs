@@ -57,8 +57,9 @@ pub(crate) struct Job {
     /// slot from the job an old reference meant.
     pub(crate) seq: u64,
     pub(crate) function: usize,
-    /// The workload, in an allocation of its own: never a view into a connection's
-    /// read buffer, which would keep the whole buffer alive as long as the job.
+    /// The workload. Small data has an allocation of its own, never a view into a
+    /// connection's read buffer, which would keep the whole buffer alive as long as
+    /// the job; data of `KEEP_VIEW_DATA_BYTES` or more stays a view (see `submit`).
     pub(crate) data: Bytes,
     /// The unique key, in an allocation of its own too (empty: none).
     pub(crate) unique: Bytes,

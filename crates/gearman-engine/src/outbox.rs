@@ -1,6 +1,7 @@
 //! Where the engine writes its replies: the server encodes them straight into each
 //! connection's output buffer; tests record them.
 
+use bytes::Bytes;
 use gearman_proto::Command;
 
 use crate::{ConnId, StoredJob};
@@ -9,6 +10,20 @@ use crate::{ConnId, StoredJob};
 pub trait Outbox {
     /// Send a response packet (`\0RES` magic) with these arguments to `conn`.
     fn packet(&mut self, conn: ConnId, command: Command, args: &[&[u8]]);
+    /// Send a response packet whose last argument is `data`, a payload that may be
+    /// large: an outbox that can send shared bytes keeps `data` by reference instead
+    /// of copying it. The bytes sent are those of `packet` with `head + [data]`.
+    fn packet_data(&mut self, conn: ConnId, command: Command, head: &[&[u8]], data: &Bytes) {
+        let mut args: [&[u8]; 8] = [&[]; 8];
+        let n = head.len().min(args.len() - 1);
+        for (slot, a) in args.iter_mut().zip(head) {
+            *slot = a;
+        }
+        if let Some(slot) = args.get_mut(n) {
+            *slot = data;
+        }
+        self.packet(conn, command, args.get(..=n).unwrap_or_default());
+    }
     /// Send admin text to `conn`.
     fn text(&mut self, conn: ConnId, text: &[u8]);
     /// Close `conn` after what was already queued for it is written.

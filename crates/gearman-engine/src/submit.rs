@@ -17,6 +17,11 @@ use crate::{ConnId, Engine, NowMs, Outbox, Priority};
 /// quirk Q3); we keep all 64.
 pub(crate) const MAX_UNIQUE_BYTES: usize = 64;
 
+/// Job data at least this large is kept as a view of the read buffer it arrived in
+/// rather than copied out; smaller data is copied, so that it does not pin a buffer
+/// many times its size.
+pub(crate) const KEEP_VIEW_DATA_BYTES: usize = 32 * 1024;
+
 /// How a submit packet type maps to a job.
 struct SubmitKind {
     priority: Priority,
@@ -74,11 +79,15 @@ impl Engine {
         }
         let future = when > 0 && when.saturating_mul(1000) > now;
         // The arguments are views into the connection's read buffer: a queued job
-        // holding one would keep that whole buffer alive, so they are copied.
+        // holding a small one would keep that whole buffer alive, so they are copied.
+        // Large data stays a view: it fills most of its buffer anyway (the reader
+        // sizes buffers for large packets), and not copying it is most of the cost
+        // of passing it through.
+        let data = if data.len() >= KEEP_VIEW_DATA_BYTES { data } else { Bytes::copy_from_slice(&data) };
         let jid = self.create_job(
             fid,
             Bytes::copy_from_slice(&unique),
-            Bytes::copy_from_slice(&data),
+            data,
             Bytes::copy_from_slice(&reducer),
             k.priority,
             k.background,

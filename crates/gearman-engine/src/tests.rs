@@ -466,6 +466,122 @@ fn echo_returns_the_body() {
     assert_eq!(h.send(c, Command::EchoReq, &[b""]), vec![pkt(c, Command::EchoRes, &[b""])]);
 }
 
+/// Records what the engine sends, the payload `Bytes` given to `packet_data`, and the
+/// wire bytes an outbox that sends payloads by reference would write.
+#[derive(Default)]
+struct ViewOutbox {
+    sent: RecordingOutbox,
+    payloads: Vec<(ConnId, Command, bytes::Bytes)>,
+    wire: bytes::BytesMut,
+}
+
+impl crate::Outbox for ViewOutbox {
+    fn packet(&mut self, conn: ConnId, command: Command, args: &[&[u8]]) {
+        gearman_proto::encode_parts(Magic::Res, command, args, &mut self.wire);
+        self.sent.packet(conn, command, args);
+    }
+    fn packet_data(&mut self, conn: ConnId, command: Command, head: &[&[u8]], data: &bytes::Bytes) {
+        gearman_proto::encode_prefix(Magic::Res, command, head, data.len(), &mut self.wire);
+        self.wire.extend_from_slice(data);
+        self.payloads.push((conn, command, data.clone()));
+        // The default method: what every other outbox does with it.
+        self.sent.packet_data(conn, command, head, data);
+    }
+    fn text(&mut self, conn: ConnId, text: &[u8]) {
+        self.sent.text(conn, text);
+    }
+    fn close(&mut self, conn: ConnId) {
+        self.sent.close(conn);
+    }
+    fn hold(&mut self, conn: ConnId, hold: u64) {
+        self.sent.hold(conn, hold);
+    }
+    fn fill(&mut self, conn: ConnId, hold: u64, command: Command, args: &[&[u8]]) {
+        self.sent.fill(conn, hold, command, args);
+    }
+    fn persist(&mut self, job: crate::StoredJob) {
+        self.sent.persist(job);
+    }
+    fn forget(&mut self, key: u64) {
+        self.sent.forget(key);
+    }
+}
+
+/// Whether `inner` lies within the memory of `outer`.
+fn shares(outer: &bytes::Bytes, inner: &bytes::Bytes) -> bool {
+    let (o, i) = (outer.as_ptr() as usize, inner.as_ptr() as usize);
+    !inner.is_empty() && i >= o && i + inner.len() <= o + outer.len()
+}
+
+/// A request packet whose body is one buffer, as the decoder hands them out.
+fn req(command: Command, args: &[&[u8]]) -> (Packet, bytes::Bytes) {
+    let body = bytes::Bytes::from(args.join(&0u8));
+    let p = Packet::from_body(Magic::Req, command, body.clone()).expect("valid layout");
+    (p, body)
+}
+
+#[test]
+fn large_payloads_pass_through_by_reference() {
+    let mut e = Engine::new(config());
+    let mut out = ViewOutbox::default();
+    let c = e.connect(PeerInfo { label: 1, ip: "127.0.0.1".into() });
+    let w = e.connect(PeerInfo { label: 2, ip: "127.0.0.1".into() });
+    e.handle_packet(w, &req(Command::CanDo, &[b"f"]).0, T0, &mut out);
+    let big = vec![0x5au8; 65536];
+    let small = vec![0x33u8; crate::submit::KEEP_VIEW_DATA_BYTES - 1];
+    let at_limit = vec![0x44u8; crate::submit::KEEP_VIEW_DATA_BYTES];
+    let mut expected = bytes::BytesMut::new();
+    for (n, data) in [&big, &small, &at_limit].into_iter().enumerate() {
+        let handle = format!("H:t:{}", n + 1);
+        let (submit, submit_body) = req(Command::SubmitJob, &[b"f", b"", data]);
+        e.handle_packet(c, &submit, T0, &mut out);
+        drop(submit);
+        e.handle_packet(w, &req(Command::GrabJob, &[]).0, T0, &mut out);
+        let (_, cmd, assigned) = out.payloads.pop().expect("JOB_ASSIGN went through packet_data");
+        assert_eq!(cmd, Command::JobAssign);
+        assert_eq!(&assigned[..], &data[..]);
+        // Large data is the submitted packet's memory; smaller data was copied out.
+        let keep = data.len() >= crate::submit::KEEP_VIEW_DATA_BYTES;
+        assert_eq!(shares(&submit_body, &assigned), keep, "{} bytes", data.len());
+        let result = vec![0xc3u8; 40_000 + n];
+        let (complete, complete_body) = req(Command::WorkComplete, &[handle.as_bytes(), &result]);
+        e.handle_packet(w, &complete, T0, &mut out);
+        let (to, cmd, forwarded) = out.payloads.pop().expect("WORK_COMPLETE went through packet_data");
+        assert_eq!((to, cmd), (c, Command::WorkComplete));
+        assert!(shares(&complete_body, &forwarded), "results are forwarded by reference");
+        assert_eq!(
+            out.sent.take(),
+            vec![
+                created(c, &handle),
+                pkt(w, Command::JobAssign, &[handle.as_bytes(), b"f", data]),
+                pkt(c, Command::WorkComplete, &[handle.as_bytes(), &result]),
+            ]
+        );
+        gearman_proto::encode_parts(Magic::Res, Command::JobCreated, &[handle.as_bytes()], &mut expected);
+        gearman_proto::encode_parts(
+            Magic::Res,
+            Command::JobAssign,
+            &[handle.as_bytes(), b"f", data],
+            &mut expected,
+        );
+        gearman_proto::encode_parts(
+            Magic::Res,
+            Command::WorkComplete,
+            &[handle.as_bytes(), &result],
+            &mut expected,
+        );
+    }
+    // ECHO_RES passes the payload through too.
+    let (echo, echo_body) = req(Command::EchoReq, &[&big]);
+    e.handle_packet(c, &echo, T0, &mut out);
+    let (_, cmd, echoed) = out.payloads.pop().expect("ECHO_RES went through packet_data");
+    assert_eq!(cmd, Command::EchoRes);
+    assert!(shares(&echo_body, &echoed));
+    assert_eq!(out.sent.take(), vec![pkt(c, Command::EchoRes, &[&big])]);
+    gearman_proto::encode_parts(Magic::Res, Command::EchoRes, &[&big], &mut expected);
+    assert_eq!(out.wire, expected, "the bytes sent are unchanged");
+}
+
 #[test]
 fn assign_packet_layouts_for_each_grab_kind() {
     let mut h = Harness::new();

@@ -248,13 +248,14 @@ impl Engine {
         let fname = self.functions.get(fid).map(|f| &f.name[..]).unwrap_or_default();
         let handle = self.handle_of(job.seq);
         match kind {
-            Command::GrabJob => out.packet(conn, Command::JobAssign, &[&handle, fname, &job.data]),
-            Command::GrabJobAll if !job.extra().reducer.is_empty() => out.packet(
+            Command::GrabJob => out.packet_data(conn, Command::JobAssign, &[&handle, fname], &job.data),
+            Command::GrabJobAll if !job.extra().reducer.is_empty() => out.packet_data(
                 conn,
                 Command::JobAssignAll,
-                &[&handle, fname, &job.unique, &job.extra().reducer, &job.data],
+                &[&handle, fname, &job.unique, &job.extra().reducer],
+                &job.data,
             ),
-            _ => out.packet(conn, Command::JobAssignUniq, &[&handle, fname, &job.unique, &job.data]),
+            _ => out.packet_data(conn, Command::JobAssignUniq, &[&handle, fname, &job.unique], &job.data),
         }
     }
 
@@ -294,13 +295,15 @@ impl Engine {
                 }
             }
             Command::WorkData | Command::WorkWarning => {
+                let data = p.arg_bytes(1);
                 for &c in &job.listeners {
-                    out.packet(c, p.command, &[p.arg(0), p.arg(1)]);
+                    out.packet_data(c, p.command, &[p.arg(0)], &data);
                 }
             }
             Command::WorkComplete => {
+                let data = p.arg_bytes(1);
                 for &c in &job.listeners {
-                    out.packet(c, Command::WorkComplete, &[p.arg(0), p.arg(1)]);
+                    out.packet_data(c, Command::WorkComplete, &[p.arg(0)], &data);
                 }
                 self.stats.completed += 1;
                 self.observe_run(assigned_at, now);
@@ -316,9 +319,10 @@ impl Engine {
                 self.remove_job(jid, out);
             }
             Command::WorkException => {
+                let data = p.arg_bytes(1);
                 for &c in &job.listeners {
                     if self.sessions.get(c).is_some_and(|s| s.exceptions) {
-                        out.packet(c, Command::WorkException, &[p.arg(0), p.arg(1)]);
+                        out.packet_data(c, Command::WorkException, &[p.arg(0)], &data);
                     } else {
                         // gearmand appends a NUL here, which hangs libgearman (Q1).
                         out.packet(c, Command::WorkFail, &[handle]);

@@ -31,6 +31,24 @@ pub fn encode_parts(magic: Magic, command: Command, args: &[&[u8]], out: &mut By
     }
 }
 
+/// Appends everything of a packet but its last argument: the header (whose length
+/// counts a last argument of `last_len` bytes), then `head` with the NUL after each.
+/// The caller sends the last argument (usually the payload) itself, so a large
+/// payload can go out from its own buffer instead of being copied behind the header.
+/// `prefix + last` is byte for byte what [`encode_parts`] writes for `head + [last]`.
+pub fn encode_prefix(magic: Magic, command: Command, head: &[&[u8]], last_len: usize, out: &mut BytesMut) {
+    let head_len = head.iter().fold(0usize, |n, a| n.saturating_add(a.len()).saturating_add(1));
+    let body = head_len.saturating_add(last_len);
+    out.reserve(HEADER_BYTES.saturating_add(head_len));
+    out.put_slice(magic.bytes());
+    out.put_u32(command.code());
+    out.put_u32(u32::try_from(body).unwrap_or(u32::MAX));
+    for a in head {
+        out.put_slice(a);
+        out.put_u8(0);
+    }
+}
+
 /// Appends `packet` to `out`. Zero-argument packets are written with an empty body.
 pub fn encode(packet: &Packet, out: &mut BytesMut) {
     let mut args: [&[u8]; 8] = [&[]; 8];
@@ -76,6 +94,44 @@ mod tests {
         let mut out = BytesMut::new();
         encode(&p, &mut out);
         assert_eq!(out.as_ref(), b"\0REQ\x00\x00\x00\x0b\x00\x00\x00\x00");
+    }
+
+    /// `encode_prefix` followed by the last argument must equal `encode_parts`.
+    fn prefix_then_last(magic: Magic, command: Command, args: &[&[u8]]) {
+        let mut whole = BytesMut::new();
+        encode_parts(magic, command, args, &mut whole);
+        let (last, head) = args.split_last().expect("at least one argument");
+        let mut split = BytesMut::from(&b"old"[..]);
+        encode_prefix(magic, command, head, last.len(), &mut split);
+        assert_eq!(split.len().checked_add(last.len()), encoded_len(args).checked_add(3), "{command:?}");
+        split.extend_from_slice(last);
+        assert_eq!(split.get(3..), Some(whole.as_ref()), "{command:?} {args:?}");
+    }
+
+    #[test]
+    fn prefix_plus_last_argument_is_the_whole_packet() {
+        let big = vec![0xa5u8; 70_000];
+        prefix_then_last(Magic::Res, Command::EchoRes, &[b"hello"]);
+        prefix_then_last(Magic::Res, Command::EchoRes, &[b""]);
+        prefix_then_last(Magic::Res, Command::EchoRes, &[&big]);
+        prefix_then_last(Magic::Res, Command::JobAssign, &[b"H:x:1", b"fn", b"data\0with nul"]);
+        prefix_then_last(Magic::Res, Command::JobAssign, &[b"H:x:1", b"fn", b""]);
+        prefix_then_last(Magic::Res, Command::JobAssign, &[b"", b"", b""]);
+        prefix_then_last(Magic::Res, Command::JobAssignUniq, &[b"H:x:1", b"fn", b"u", &big]);
+        prefix_then_last(Magic::Res, Command::JobAssignAll, &[b"H:x:1", b"fn", b"u", b"r", &big]);
+        prefix_then_last(Magic::Res, Command::WorkComplete, &[b"H:x:1", &big]);
+        prefix_then_last(Magic::Res, Command::WorkData, &[b"H:x:1", b""]);
+        prefix_then_last(Magic::Req, Command::SubmitJob, &[b"f", b"u", b"d"]);
+    }
+
+    #[test]
+    fn prefix_with_no_head_is_just_the_header() {
+        let mut out = BytesMut::new();
+        encode_prefix(Magic::Res, Command::EchoRes, &[], 5, &mut out);
+        assert_eq!(out.as_ref(), b"\0RES\x00\x00\x00\x11\x00\x00\x00\x05");
+        let mut out = BytesMut::new();
+        encode_prefix(Magic::Res, Command::WorkData, &[b"H:a:1"], 0, &mut out);
+        assert_eq!(out.as_ref(), b"\0RES\x00\x00\x00\x1c\x00\x00\x00\x06H:a:1\0");
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub use command::{ArgLayout, Command, Sender};
 pub use decode::{
     decode, pending_packet_len, Frame, Limits, DEFAULT_MAX_ADMIN_LINE_BYTES, DEFAULT_MAX_PACKET_BYTES,
 };
-pub use encode::{encode, encode_parts, encoded_len};
+pub use encode::{encode, encode_parts, encode_prefix, encoded_len};
 pub use error::ProtoError;
 pub use packet::{Magic, Packet, HEADER_BYTES};
 pub use priority::Priority;

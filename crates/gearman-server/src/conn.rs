@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use gearman_engine::{ConnId, PeerInfo};
-use gearman_proto::{decode, Frame, Limits, ProtoError};
+use gearman_proto::{decode, Frame, Limits, ProtoError, HEADER_BYTES};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +18,22 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// A connection's buffers shrink back once empty if they grew past this.
 const MAX_IDLE_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// Largest read buffer sized for a run of large packets (see [`read_chunk`]).
+const MAX_LARGE_CHUNK_BYTES: usize = 256 * 1024;
+
+/// The size of the next read buffer, given the size of the latest packet (header
+/// included). Packets larger than the usual chunk get a buffer that holds a whole
+/// number of them, up to [`MAX_LARGE_CHUNK_BYTES`]: a run of equal-size packets then
+/// ends exactly at the buffer's end, so each arrives contiguous, and its payload can
+/// be kept or forwarded as a view of the buffer without another copy. A plain 64 KiB
+/// buffer would cut almost every 64 KiB job in two, and the decoder would copy it.
+fn read_chunk(packet_len: usize) -> usize {
+    if packet_len <= READ_CHUNK_BYTES || packet_len > MAX_LARGE_CHUNK_BYTES {
+        return READ_CHUNK_BYTES;
+    }
+    packet_len * (MAX_LARGE_CHUNK_BYTES / packet_len)
+}
 
 /// Limits applied to every connection.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +104,8 @@ pub(crate) async fn serve(
     };
 
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // Size of the latest packet seen (header included), for sizing read buffers.
+    let mut packet_len = 0;
     loop {
         if buf.is_empty() && buf.capacity() > MAX_IDLE_BUFFER_BYTES {
             buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -96,7 +114,14 @@ pub(crate) async fn serve(
         // growing it would copy it and pin a larger allocation.
         let fits = gearman_proto::pending_packet_len(&buf).is_some_and(|t| t <= buf.capacity());
         if !fits && buf.capacity() - buf.len() < 1024 {
-            buf.reserve(READ_CHUNK_BYTES);
+            let chunk = read_chunk(packet_len);
+            if !buf.is_empty() {
+                buf.reserve(chunk);
+            } else if !buf.try_reclaim(chunk) {
+                // A fresh buffer of exactly `chunk` bytes, so large packets line up
+                // with its end; `reserve` could round a reclaimed one up.
+                buf = BytesMut::with_capacity(chunk);
+            }
         }
         let n = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
@@ -106,8 +131,12 @@ pub(crate) async fn serve(
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        if !run_frames(&shared, conn, &mut buf, &limits.frames) {
+        let Some(largest) = run_frames(&shared, conn, &mut buf, &limits.frames) else {
             break;
+        };
+        // The packet now arriving if its header is in, else the largest just run.
+        if let Some(n) = gearman_proto::pending_packet_len(&buf).or(largest) {
+            packet_len = n;
         }
         if outbound.is_closing() {
             break;
@@ -127,18 +156,24 @@ pub(crate) async fn serve(
 }
 
 /// Decodes every complete frame in `buf` and runs them under one engine lock.
-/// Returns false when the connection must close (framing error).
-fn run_frames(shared: &Shared, conn: ConnId, buf: &mut BytesMut, limits: &Limits) -> bool {
+/// Returns the size of the largest packet run (header included; `Some(None)` when
+/// there was none), or `None` when the connection must close (framing error).
+fn run_frames(shared: &Shared, conn: ConnId, buf: &mut BytesMut, limits: &Limits) -> Option<Option<usize>> {
     shared.with_engine(|engine, out| {
         let now = now_ms();
+        let mut largest = None;
         loop {
             match decode(buf, limits) {
-                Ok(Some(Frame::Packet(p))) => engine.handle_packet(conn, &p, now, out),
+                Ok(Some(Frame::Packet(p))) => {
+                    let len = HEADER_BYTES + p.body().len();
+                    largest = largest.max(Some(len));
+                    engine.handle_packet(conn, &p, now, out);
+                }
                 Ok(Some(Frame::AdminLine(line))) => engine.handle_admin(conn, &line, out),
-                Ok(None) => return true,
+                Ok(None) => return Some(largest),
                 Err(e) => {
                     reject(conn, &e, out);
-                    return false;
+                    return None;
                 }
             }
         }
@@ -165,4 +200,22 @@ pub(crate) fn fd_label(stream: &TcpStream) -> i64 {
 #[cfg(not(unix))]
 pub(crate) fn fd_label(_stream: &TcpStream) -> i64 {
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_packets_get_buffers_holding_a_whole_number_of_them() {
+        assert_eq!(read_chunk(0), READ_CHUNK_BYTES);
+        assert_eq!(read_chunk(100), READ_CHUNK_BYTES);
+        assert_eq!(read_chunk(READ_CHUNK_BYTES), READ_CHUNK_BYTES);
+        // A 64 KiB job plus its header and names: three to a buffer.
+        assert_eq!(read_chunk(65_560), 3 * 65_560);
+        assert_eq!(read_chunk(100_000), 200_000);
+        assert_eq!(read_chunk(MAX_LARGE_CHUNK_BYTES), MAX_LARGE_CHUNK_BYTES);
+        // Larger packets are received in chunks, as before.
+        assert_eq!(read_chunk(MAX_LARGE_CHUNK_BYTES + 1), READ_CHUNK_BYTES);
+    }
 }

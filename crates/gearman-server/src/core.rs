@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use gearman_engine::{ConnId, Engine, Outbox, StoredJob};
 use gearman_proto::Command;
 use parking_lot::Mutex;
@@ -122,6 +123,12 @@ impl Outbox for Router<'_> {
     fn packet(&mut self, conn: ConnId, command: Command, args: &[&[u8]]) {
         if let Some(out) = self.route(conn) {
             out.packet(command, args);
+        }
+    }
+
+    fn packet_data(&mut self, conn: ConnId, command: Command, head: &[&[u8]], data: &Bytes) {
+        if let Some(out) = self.route(conn) {
+            out.packet_data(command, head, data);
         }
     }
 

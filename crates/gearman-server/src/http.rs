@@ -218,13 +218,10 @@ async fn run_job(
 
     // Replies come from the engine, whose packets are bounded already.
     let decode_limits = Limits { max_packet_bytes: u32::MAX, ..Limits::default() };
-    let mut pending = BytesMut::new();
     let mut buf = BytesMut::new();
     let mut result = BytesMut::new();
     loop {
-        vc.outbound.take(&mut pending);
-        buf.extend_from_slice(&pending);
-        pending.clear();
+        vc.outbound.take(&mut buf);
         loop {
             let packet = match decode(&mut buf, &decode_limits) {
                 Ok(Some(Frame::Packet(p))) => p,

@@ -9,15 +9,22 @@
 //! between the runtime's threads and was the biggest item of a foreground profile.
 //! Every write happens under the buffer's lock, so bytes leave in order whoever sends.
 //!
+//! Large payloads are not copied: an argument of [`SHARE_ARG_BYTES`] or more (job
+//! data, results, echoes) is queued as its own segment, a shared view of the buffer
+//! it arrived in, and the queue goes out with vectored writes. Everything else is
+//! copied into one contiguous buffer, which is cheaper for small packets than
+//! keeping a reference to each.
+//!
 //! A reply that must wait (JOB_CREATED for a background job until the store has
 //! committed it) holds a place in line: later output queues behind it, so a client
 //! always sees its replies in request order, while it may keep pipelining.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::{Buf, BytesMut};
-use gearman_proto::{encode_parts, Command, Magic};
+use bytes::{Buf, Bytes, BytesMut};
+use gearman_proto::{encode_parts, encode_prefix, Command, Magic};
 use parking_lot::Mutex;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
@@ -26,53 +33,197 @@ use tokio_util::sync::CancellationToken;
 /// A buffer that grew past this for one huge reply is replaced once drained.
 const MAX_IDLE_BUFFER_BYTES: usize = 1024 * 1024;
 
-/// Output behind a held place: the place itself, or bytes queued after it.
+/// An argument this large is queued by reference (a segment of its own) rather than
+/// copied. Below it, a copy costs less than the extra segment in every write.
+pub(crate) const SHARE_ARG_BYTES: usize = 16 * 1024;
+
+/// Most buffers handed to one vectored write.
+const MAX_WRITE_SLICES: usize = 64;
+
+/// Bytes waiting to be sent, in order: shared segments first, then `tail`, where
+/// small output is copied. A shared segment closes the tail off into a segment of
+/// its own, so order is kept.
+#[derive(Debug, Default)]
+struct Queue {
+    segs: VecDeque<Bytes>,
+    tail: BytesMut,
+}
+
+impl Queue {
+    fn with_capacity(n: usize) -> Queue {
+        Queue { segs: VecDeque::new(), tail: BytesMut::with_capacity(n) }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tail.is_empty() && self.segs.iter().all(Bytes::is_empty)
+    }
+
+    /// Appends a packet, copying every argument. Returns the bytes added.
+    fn packet(&mut self, command: Command, args: &[&[u8]]) -> usize {
+        let before = self.tail.len();
+        encode_parts(Magic::Res, command, args, &mut self.tail);
+        self.tail.len() - before
+    }
+
+    /// Appends `head + [data]` as one packet, `data` by reference when it is large.
+    /// Returns the bytes added.
+    fn packet_data(&mut self, command: Command, head: &[&[u8]], data: &Bytes) -> usize {
+        let before = self.tail.len();
+        if data.len() >= SHARE_ARG_BYTES {
+            encode_prefix(Magic::Res, command, head, data.len(), &mut self.tail);
+            let added = self.tail.len() - before;
+            self.push_shared(data.clone());
+            return added + data.len();
+        }
+        let mut args: [&[u8]; 8] = [&[]; 8];
+        let n = head.len().min(args.len() - 1);
+        for (slot, a) in args.iter_mut().zip(head) {
+            *slot = a;
+        }
+        if let Some(slot) = args.get_mut(n) {
+            *slot = data;
+        }
+        self.packet(command, args.get(..=n).unwrap_or_default())
+    }
+
+    /// Appends bytes by reference, after everything queued so far.
+    fn push_shared(&mut self, b: Bytes) {
+        if !self.tail.is_empty() {
+            // `split` keeps the rest of the allocation in `tail` for what comes next.
+            self.segs.push_back(self.tail.split().freeze());
+        }
+        self.segs.push_back(b);
+    }
+
+    /// Moves all of `other` to the end of this queue.
+    fn append(&mut self, mut other: Queue) {
+        if other.segs.is_empty() {
+            self.tail.extend_from_slice(&other.tail);
+            return;
+        }
+        for b in other.segs.drain(..) {
+            self.push_shared(b);
+        }
+        self.tail.extend_from_slice(&other.tail);
+    }
+
+    /// Fills `slices` with the front of the queue, in order; returns how many.
+    fn io_slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let bufs = self.segs.iter().map(|b| &b[..]).chain(std::iter::once(&self.tail[..]));
+        let mut n = 0;
+        for (slot, b) in slices.iter_mut().zip(bufs.filter(|b| !b.is_empty())) {
+            *slot = IoSlice::new(b);
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops the first `n` bytes (a write may end inside any segment).
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.segs.front_mut() else { break };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.segs.pop_front();
+        }
+        self.tail.advance(n.min(self.tail.len()));
+    }
+
+    /// Appends every queued byte to `into`, in order, and empties the queue.
+    fn drain_into(&mut self, into: &mut BytesMut) {
+        for b in self.segs.drain(..) {
+            into.extend_from_slice(&b);
+        }
+        into.extend_from_slice(&self.tail);
+        self.tail.clear();
+    }
+}
+
+/// Output behind a held place: the place itself, or output queued after it.
 #[derive(Debug)]
 enum Held {
     /// A reply not known yet, by hold id; `Some` once filled.
     Place(u64, Option<BytesMut>),
     /// Output that arrived after an earlier place was taken.
-    Bytes(BytesMut),
+    Queued(Queue),
 }
 
 #[derive(Debug, Default)]
 struct Pending {
-    /// Bytes the writer may send now.
-    ready: BytesMut,
+    /// Output the writer may send now.
+    ready: Queue,
     /// Output waiting for the first unfilled place to be filled.
     held: VecDeque<Held>,
-    /// Bytes in `ready` and `held`, for the budget.
+    /// Bytes in `ready` and `held` (shared segments included), for the budget.
     bytes: usize,
 }
 
 impl Pending {
     /// Where new output goes: straight to `ready` unless something is held.
-    fn tail(&mut self) -> &mut BytesMut {
+    fn tail(&mut self) -> &mut Queue {
         if self.held.is_empty() {
             return &mut self.ready;
         }
-        if !matches!(self.held.back(), Some(Held::Bytes(_))) {
-            self.held.push_back(Held::Bytes(BytesMut::new()));
+        if !matches!(self.held.back(), Some(Held::Queued(_))) {
+            self.held.push_back(Held::Queued(Queue::default()));
         }
         match self.held.back_mut() {
-            Some(Held::Bytes(b)) => b,
-            // Unreachable: a Bytes entry was pushed just above.
+            Some(Held::Queued(q)) => q,
+            // Unreachable: a Queued entry was pushed just above.
             _ => &mut self.ready,
         }
     }
 
-    /// Moves filled places (and the bytes after them) into `ready`.
-    fn release(&mut self) {
+    /// Moves filled places (and the output after them) into `ready`. Returns whether
+    /// any bytes became ready.
+    fn release(&mut self) -> bool {
+        let mut moved = false;
         while let Some(front) = self.held.front_mut() {
             match front {
-                Held::Place(_, None) => return,
-                Held::Place(_, Some(b)) | Held::Bytes(b) => {
-                    let b = std::mem::take(b);
-                    self.ready.extend_from_slice(&b);
-                    self.held.pop_front();
+                Held::Place(_, None) => break,
+                Held::Place(_, Some(b)) => {
+                    moved |= !b.is_empty();
+                    self.ready.tail.extend_from_slice(b);
+                }
+                Held::Queued(q) => {
+                    let q = std::mem::take(q);
+                    moved |= !q.is_empty();
+                    self.ready.append(q);
                 }
             }
+            self.held.pop_front();
         }
+        moved
+    }
+
+    /// Writes `ready` through `write` (one vectored write per call) until it is
+    /// empty or `write` stops taking bytes.
+    fn write_with(&mut self, mut write: impl FnMut(&[IoSlice<'_>]) -> std::io::Result<usize>) -> Flushed {
+        while !self.ready.is_empty() {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+                let n = self.ready.io_slices(&mut slices);
+                write(slices.get(..n).unwrap_or_default())
+            };
+            match written {
+                Ok(0) => return Flushed::Failed,
+                Ok(n) => {
+                    self.ready.advance(n);
+                    self.bytes = self.bytes.saturating_sub(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flushed::Blocked,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Flushed::Failed,
+            }
+        }
+        // One huge reply must not pin its buffer for the connection's life.
+        if self.ready.tail.capacity() > MAX_IDLE_BUFFER_BYTES {
+            self.ready.tail = BytesMut::with_capacity(4096);
+        }
+        Flushed::All
     }
 }
 
@@ -117,7 +268,7 @@ impl Outbound {
         kill: CancellationToken,
     ) -> Outbound {
         Outbound {
-            pending: Mutex::new(Pending { ready: BytesMut::with_capacity(4096), ..Default::default() }),
+            pending: Mutex::new(Pending { ready: Queue::with_capacity(4096), ..Default::default() }),
             socket,
             ready: Notify::new(),
             closing: AtomicBool::new(false),
@@ -130,27 +281,32 @@ impl Outbound {
     /// Appends a response packet. Past the byte budget the connection is marked
     /// overflowed instead: one stalled peer must not grow the server's memory.
     pub(crate) fn packet(&self, command: Command, args: &[&[u8]]) {
-        let mut p = self.pending.lock();
-        if p.bytes > self.max_bytes {
-            self.overflow();
-            return;
-        }
-        let tail = p.tail();
-        let before = tail.len();
-        encode_parts(Magic::Res, command, args, tail);
-        let added = tail.len() - before;
-        p.bytes += added;
+        self.append(|q| q.packet(command, args));
+    }
+
+    /// Appends a response packet whose last argument is `data`, queued by reference
+    /// when it is large (see [`SHARE_ARG_BYTES`]).
+    pub(crate) fn packet_data(&self, command: Command, head: &[&[u8]], data: &Bytes) {
+        self.append(|q| q.packet_data(command, head, data));
     }
 
     /// Appends raw text (admin replies).
     pub(crate) fn text(&self, text: &[u8]) {
+        self.append(|q| {
+            q.tail.extend_from_slice(text);
+            text.len()
+        });
+    }
+
+    /// Runs `add` on the queue new output goes to, within the byte budget.
+    fn append(&self, add: impl FnOnce(&mut Queue) -> usize) {
         let mut p = self.pending.lock();
         if p.bytes > self.max_bytes {
             self.overflow();
             return;
         }
-        p.tail().extend_from_slice(text);
-        p.bytes += text.len();
+        let added = add(p.tail());
+        p.bytes += added;
     }
 
     /// Takes a place in line for a reply that [`Outbound::fill`] gives later.
@@ -175,9 +331,7 @@ impl Outbound {
             }
         }
         p.bytes += added;
-        let before = p.ready.len();
-        p.release();
-        p.ready.len() > before
+        p.release()
     }
 
     fn overflow(&self) {
@@ -196,24 +350,11 @@ impl Outbound {
     /// by the thread that produced output, and by the writer task.
     pub(crate) fn flush(&self) -> Flushed {
         let Some(socket) = &self.socket else { return Flushed::Blocked };
-        let mut p = self.pending.lock();
-        while !p.ready.is_empty() {
-            match socket.try_write(&p.ready) {
-                Ok(0) => return Flushed::Failed,
-                Ok(n) => {
-                    p.ready.advance(n);
-                    p.bytes = p.bytes.saturating_sub(n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flushed::Blocked,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return Flushed::Failed,
-            }
-        }
-        // One huge reply must not pin its buffer for the connection's life.
-        if p.ready.capacity() > MAX_IDLE_BUFFER_BYTES {
-            p.ready = BytesMut::with_capacity(4096);
-        }
-        Flushed::All
+        // Small output is one contiguous buffer: a plain write, as before segments.
+        self.pending.lock().write_with(|slices| match slices {
+            [one] => socket.try_write(one),
+            _ => socket.try_write_vectored(slices),
+        })
     }
 
     /// Flushes, and wakes the writer task only if something is left (or there is no
@@ -240,12 +381,13 @@ impl Outbound {
         }
     }
 
-    /// Swaps the bytes ready to send into `into` (which must be empty), keeping both
-    /// allocations alive for reuse.
+    /// Appends the bytes ready to send to `into`, in order, and forgets them here.
     pub(crate) fn take(&self, into: &mut BytesMut) {
         let mut p = self.pending.lock();
-        std::mem::swap(&mut p.ready, into);
-        p.bytes = p.bytes.saturating_sub(into.len());
+        let before = into.len();
+        p.ready.drain_into(into);
+        let taken = into.len() - before;
+        p.bytes = p.bytes.saturating_sub(taken);
     }
 
     pub(crate) fn is_closing(&self) -> bool {
@@ -254,6 +396,7 @@ impl Outbound {
 }
 
 #[cfg(test)]
+#[allow(clippy::panic)]
 mod tests {
     use super::*;
 
@@ -283,6 +426,179 @@ mod tests {
         want.extend_from_slice(b"c");
         assert_eq!(drain(&o), want);
         assert!(o.pending.lock().held.is_empty());
+    }
+
+    /// A large payload (shared when queued through `packet_data`).
+    fn payload(len: usize, seed: u8) -> Bytes {
+        Bytes::from((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<u8>>())
+    }
+
+    /// What `packet` with all arguments copied would have written.
+    fn wire(command: Command, args: &[&[u8]]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        encode_parts(Magic::Res, command, args, &mut b);
+        b.to_vec()
+    }
+
+    /// Queues a mix of small and large packets and text; returns the bytes expected.
+    fn queue_mixed(o: &Outbound, big: &[Bytes]) -> Vec<u8> {
+        let mut want = Vec::new();
+        for (i, data) in big.iter().enumerate() {
+            let h = format!("H:x:{i}");
+            o.text(b"OK\n");
+            want.extend_from_slice(b"OK\n");
+            o.packet(Command::JobCreated, &[h.as_bytes()]);
+            want.extend(wire(Command::JobCreated, &[h.as_bytes()]));
+            o.packet_data(Command::JobAssign, &[h.as_bytes(), b"fn"], data);
+            want.extend(wire(Command::JobAssign, &[h.as_bytes(), b"fn", data]));
+            let small = payload(100 + i, 1);
+            o.packet_data(Command::WorkComplete, &[h.as_bytes()], &small);
+            want.extend(wire(Command::WorkComplete, &[h.as_bytes(), &small]));
+            o.packet_data(Command::EchoRes, &[], data);
+            want.extend(wire(Command::EchoRes, &[data]));
+            o.packet(Command::Noop, &[]);
+            want.extend(wire(Command::Noop, &[]));
+        }
+        want
+    }
+
+    #[test]
+    fn mixed_small_and_large_packets_keep_their_order() {
+        let o = Outbound::new(1 << 24, CancellationToken::new());
+        let big = [payload(SHARE_ARG_BYTES, 0), payload(65536, 1), payload(SHARE_ARG_BYTES - 1, 2)];
+        let want = queue_mixed(&o, &big);
+        {
+            let p = o.pending.lock();
+            assert_eq!(p.bytes, want.len());
+            // The two large payloads are queued by reference, twice each; the one
+            // just under the threshold is copied.
+            for (data, refs) in big.iter().zip([2, 2, 0]) {
+                let shared = p.ready.segs.iter().filter(|s| s.as_ptr() == data.as_ptr()).count();
+                assert_eq!(shared, refs, "{} bytes", data.len());
+            }
+        }
+        let mut got = BytesMut::from(&b"before"[..]);
+        o.take(&mut got);
+        assert_eq!(got.get(..6), Some(&b"before"[..]));
+        assert_eq!(got.get(6..), Some(&want[..]));
+        assert_eq!(o.pending.lock().bytes, 0);
+        assert!(o.pending.lock().ready.is_empty());
+    }
+
+    #[test]
+    fn held_place_keeps_order_with_shared_segments() {
+        let o = Outbound::new(1 << 24, CancellationToken::new());
+        let big = payload(40_000, 3);
+        o.packet_data(Command::WorkData, &[b"H:x:1"], &big);
+        o.hold(5);
+        o.packet_data(Command::WorkComplete, &[b"H:x:2"], &big);
+        o.text(b"after");
+        let mut want = wire(Command::WorkData, &[b"H:x:1", &big]);
+        assert_eq!(drain(&o), want);
+        assert!(o.fill(5, Command::JobCreated, &[b"H:x:3"]));
+        want = wire(Command::JobCreated, &[b"H:x:3"]);
+        want.extend(wire(Command::WorkComplete, &[b"H:x:2", &big]));
+        want.extend_from_slice(b"after");
+        assert_eq!(drain(&o), want);
+        assert_eq!(o.pending.lock().bytes, 0);
+    }
+
+    #[test]
+    fn partial_writes_may_end_anywhere_in_a_segment() {
+        let big: Vec<Bytes> = (0..40).map(|i| payload(SHARE_ARG_BYTES + i * 997, i as u8)).collect();
+        // Write sizes that end inside headers, payloads and copied runs alike; the
+        // larger runs queue more segments than one vectored write takes.
+        for (step, packets) in [(1usize, 2), (7, 3), (4093, 40), (16_385, 40), (1 << 20, 40)] {
+            let o = Outbound::new(1 << 26, CancellationToken::new());
+            let want = queue_mixed(&o, big.get(..packets).unwrap_or_default());
+            assert!(packets < 40 || o.pending.lock().ready.segs.len() > MAX_WRITE_SLICES);
+            let mut got = Vec::new();
+            let mut calls = 0usize;
+            let mut p = o.pending.lock();
+            loop {
+                let r = p.write_with(|slices| {
+                    calls += 1;
+                    assert!(slices.len() <= MAX_WRITE_SLICES);
+                    assert!(slices.iter().all(|s| !s.is_empty()));
+                    if calls.is_multiple_of(3) {
+                        return Err(std::io::ErrorKind::WouldBlock.into());
+                    }
+                    let mut left = step;
+                    for s in slices {
+                        let n = s.len().min(left);
+                        got.extend_from_slice(s.get(..n).unwrap_or_default());
+                        left -= n;
+                        if left == 0 {
+                            break;
+                        }
+                    }
+                    Ok(step - left)
+                });
+                match r {
+                    Flushed::All => break,
+                    Flushed::Blocked => {}
+                    Flushed::Failed => panic!("the mock writer never fails"),
+                }
+                // The budget drops by exactly what was written.
+                assert_eq!(p.bytes, want.len() - got.len());
+            }
+            assert_eq!(got.len(), want.len(), "step {step}");
+            assert!(got == want, "step {step}: bytes differ");
+            assert_eq!(p.bytes, 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_send_buffer_splits_segments_on_a_real_socket() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut server, _) = listener.accept().await.expect("accept");
+        let sock = socket2::SockRef::from(&client);
+        sock.set_send_buffer_size(4096).expect("SO_SNDBUF");
+        let (_rd, wr) = client.into_split();
+        let o = std::sync::Arc::new(Outbound::with_socket(Some(wr), 1 << 26, CancellationToken::new()));
+        let big: Vec<Bytes> = (0..12).map(|i| payload(65536 + i * 13, i as u8)).collect();
+        let want = queue_mixed(&o, &big);
+        let len = want.len();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; len];
+            server.read_exact(&mut got).await.expect("all bytes arrive");
+            got
+        });
+        let mut blocked = 0;
+        loop {
+            match o.flush() {
+                Flushed::All => break,
+                Flushed::Blocked => blocked += 1,
+                Flushed::Failed => panic!("socket failed"),
+            }
+            o.writable().await.expect("writable");
+        }
+        assert!(blocked > 0, "the small send buffer must have forced partial writes");
+        let got = reader.await.expect("reader");
+        assert!(got == want, "bytes differ");
+        assert_eq!(o.pending.lock().bytes, 0);
+    }
+
+    #[test]
+    fn budget_counts_shared_bytes() {
+        let kill = CancellationToken::new();
+        let o = Outbound::new(100_000, kill.clone());
+        let big = payload(65536, 9);
+        o.packet_data(Command::WorkComplete, &[b"H:x:1"], &big);
+        let one = wire(Command::WorkComplete, &[b"H:x:1", &big]).len();
+        assert_eq!(o.pending.lock().bytes, one);
+        o.packet_data(Command::WorkComplete, &[b"H:x:1"], &big);
+        assert_eq!(o.pending.lock().bytes, 2 * one);
+        assert!(!kill.is_cancelled());
+        // Past the budget: the next packet is refused and the connection dropped.
+        o.packet_data(Command::WorkComplete, &[b"H:x:1"], &big);
+        assert!(kill.is_cancelled());
+        assert_eq!(o.pending.lock().bytes, 2 * one);
+        assert_eq!(drain(&o).len(), 2 * one);
+        assert_eq!(o.pending.lock().bytes, 0);
     }
 
     #[test]
