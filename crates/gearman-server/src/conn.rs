@@ -19,6 +19,9 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// A connection's buffers shrink back once empty if they grew past this.
 const MAX_IDLE_BUFFER_BYTES: usize = 1024 * 1024;
 
+/// Bytes one connection may read in a row before the others on its thread get a turn.
+const FAIR_SHARE_BYTES: usize = READ_CHUNK_BYTES;
+
 /// Largest read buffer sized for a run of large packets (see [`read_chunk`]).
 const MAX_LARGE_CHUNK_BYTES: usize = 256 * 1024;
 
@@ -106,6 +109,7 @@ pub(crate) async fn serve(
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     // Size of the latest packet seen (header included), for sizing read buffers.
     let mut packet_len = 0;
+    let mut read_since_yield = 0;
     loop {
         if buf.is_empty() && buf.capacity() > MAX_IDLE_BUFFER_BYTES {
             buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -129,7 +133,7 @@ pub(crate) async fn serve(
         };
         match n {
             Ok(0) | Err(_) => break,
-            Ok(_) => {}
+            Ok(n) => read_since_yield += n,
         }
         let Some(largest) = run_frames(&shared, conn, &mut buf, &limits.frames) else {
             break;
@@ -140,6 +144,13 @@ pub(crate) async fn serve(
         }
         if outbound.is_closing() {
             break;
+        }
+        // A peer that keeps its socket full (large pipelined jobs) would otherwise be
+        // read until tokio's budget runs out, hundreds of jobs at a time, while every
+        // other connection on this thread waits: let them in after each chunk's worth.
+        if read_since_yield >= FAIR_SHARE_BYTES {
+            read_since_yield = 0;
+            tokio::task::yield_now().await;
         }
     }
     // Let the writer flush what the last frames produced, then stop it.
