@@ -295,15 +295,13 @@ impl Engine {
                 }
             }
             Command::WorkData | Command::WorkWarning => {
-                let data = p.arg_bytes(1);
                 for &c in &job.listeners {
-                    out.packet_data(c, p.command, &[p.arg(0)], &data);
+                    out.packet_data(c, p.command, &[p.arg(0)], &p.arg_bytes(1));
                 }
             }
             Command::WorkComplete => {
-                let data = p.arg_bytes(1);
                 for &c in &job.listeners {
-                    out.packet_data(c, Command::WorkComplete, &[p.arg(0)], &data);
+                    out.packet_data(c, Command::WorkComplete, &[p.arg(0)], &p.arg_bytes(1));
                 }
                 self.stats.completed += 1;
                 self.observe_run(assigned_at, now);
@@ -319,10 +317,9 @@ impl Engine {
                 self.remove_job(jid, out);
             }
             Command::WorkException => {
-                let data = p.arg_bytes(1);
                 for &c in &job.listeners {
                     if self.sessions.get(c).is_some_and(|s| s.exceptions) {
-                        out.packet_data(c, Command::WorkException, &[p.arg(0)], &data);
+                        out.packet_data(c, Command::WorkException, &[p.arg(0)], &p.arg_bytes(1));
                     } else {
                         // gearmand appends a NUL here, which hangs libgearman (Q1).
                         out.packet(c, Command::WorkFail, &[handle]);

@@ -20,14 +20,12 @@ pub fn encoded_len(args: &[&[u8]]) -> usize {
 pub fn encode_parts(magic: Magic, command: Command, args: &[&[u8]], out: &mut BytesMut) {
     let body = body_len(args);
     out.reserve(HEADER_BYTES.saturating_add(body));
-    out.put_slice(magic.bytes());
-    out.put_u32(command.code());
-    out.put_u32(u32::try_from(body).unwrap_or(u32::MAX));
-    for (i, a) in args.iter().enumerate() {
-        if i > 0 {
-            out.put_u8(0);
+    match args.split_last() {
+        Some((last, head)) => {
+            put_header_and_head(magic, command, body, head, out);
+            out.put_slice(last);
         }
-        out.put_slice(a);
+        None => put_header_and_head(magic, command, 0, &[], out),
     }
 }
 
@@ -38,8 +36,13 @@ pub fn encode_parts(magic: Magic, command: Command, args: &[&[u8]], out: &mut By
 /// `prefix + last` is byte for byte what [`encode_parts`] writes for `head + [last]`.
 pub fn encode_prefix(magic: Magic, command: Command, head: &[&[u8]], last_len: usize, out: &mut BytesMut) {
     let head_len = head.iter().fold(0usize, |n, a| n.saturating_add(a.len()).saturating_add(1));
-    let body = head_len.saturating_add(last_len);
     out.reserve(HEADER_BYTES.saturating_add(head_len));
+    put_header_and_head(magic, command, head_len.saturating_add(last_len), head, out);
+}
+
+/// Writes the header of a packet whose body is `body` bytes, then `head` with the NUL
+/// that follows each of them: all of the packet but its last argument.
+fn put_header_and_head(magic: Magic, command: Command, body: usize, head: &[&[u8]], out: &mut BytesMut) {
     out.put_slice(magic.bytes());
     out.put_u32(command.code());
     out.put_u32(u32::try_from(body).unwrap_or(u32::MAX));

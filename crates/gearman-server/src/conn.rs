@@ -139,8 +139,10 @@ pub(crate) async fn serve(
             break;
         };
         // The packet now arriving if its header is in, else the largest just run.
-        if let Some(n) = gearman_proto::pending_packet_len(&buf).or(largest) {
-            packet_len = n;
+        match gearman_proto::pending_packet_len(&buf) {
+            Some(n) => packet_len = n,
+            None if largest > 0 => packet_len = largest,
+            None => {}
         }
         if outbound.is_closing() {
             break;
@@ -167,17 +169,16 @@ pub(crate) async fn serve(
 }
 
 /// Decodes every complete frame in `buf` and runs them under one engine lock.
-/// Returns the size of the largest packet run (header included; `Some(None)` when
-/// there was none), or `None` when the connection must close (framing error).
-fn run_frames(shared: &Shared, conn: ConnId, buf: &mut BytesMut, limits: &Limits) -> Option<Option<usize>> {
+/// Returns the size of the largest packet run (header included; 0 when there was
+/// none), or `None` when the connection must close (framing error).
+fn run_frames(shared: &Shared, conn: ConnId, buf: &mut BytesMut, limits: &Limits) -> Option<usize> {
     shared.with_engine(|engine, out| {
         let now = now_ms();
-        let mut largest = None;
+        let mut largest = 0;
         loop {
             match decode(buf, limits) {
                 Ok(Some(Frame::Packet(p))) => {
-                    let len = HEADER_BYTES + p.body().len();
-                    largest = largest.max(Some(len));
+                    largest = largest.max(HEADER_BYTES + p.body().len());
                     engine.handle_packet(conn, &p, now, out);
                 }
                 Ok(Some(Frame::AdminLine(line))) => engine.handle_admin(conn, &line, out),

@@ -55,7 +55,9 @@ impl Queue {
     }
 
     fn is_empty(&self) -> bool {
-        self.tail.is_empty() && self.segs.iter().all(Bytes::is_empty)
+        // No segment is ever empty: only non-empty tails and large arguments become
+        // segments, and `advance` drops a segment once it is sent.
+        self.segs.is_empty() && self.tail.is_empty()
     }
 
     /// Appends a packet, copying every argument. Returns the bytes added.
@@ -69,21 +71,14 @@ impl Queue {
     /// Returns the bytes added.
     fn packet_data(&mut self, command: Command, head: &[&[u8]], data: &Bytes) -> usize {
         let before = self.tail.len();
+        encode_prefix(Magic::Res, command, head, data.len(), &mut self.tail);
+        let prefix = self.tail.len() - before;
         if data.len() >= SHARE_ARG_BYTES {
-            encode_prefix(Magic::Res, command, head, data.len(), &mut self.tail);
-            let added = self.tail.len() - before;
             self.push_shared(data.clone());
-            return added + data.len();
+        } else {
+            self.tail.extend_from_slice(data);
         }
-        let mut args: [&[u8]; 8] = [&[]; 8];
-        let n = head.len().min(args.len() - 1);
-        for (slot, a) in args.iter_mut().zip(head) {
-            *slot = a;
-        }
-        if let Some(slot) = args.get_mut(n) {
-            *slot = data;
-        }
-        self.packet(command, args.get(..=n).unwrap_or_default())
+        prefix + data.len()
     }
 
     /// Appends bytes by reference, after everything queued so far.
@@ -97,10 +92,6 @@ impl Queue {
 
     /// Moves all of `other` to the end of this queue.
     fn append(&mut self, mut other: Queue) {
-        if other.segs.is_empty() {
-            self.tail.extend_from_slice(&other.tail);
-            return;
-        }
         for b in other.segs.drain(..) {
             self.push_shared(b);
         }
