@@ -4,18 +4,23 @@
 use gearman_server::config::{self, Config};
 use gearman_server::{logging, EngineConfig, HttpConfig, Keepalive, Server, ServerConfig};
 
+mod allocator;
+
 /// jemalloc rather than glibc's malloc: after a queue of a million jobs drained, glibc
 /// kept most of its pages (its arenas stay fragmented, and giving them back takes an
-/// explicit `malloc_trim`, which needs unsafe code), while jemalloc purges freed pages
-/// by itself. See `bench/memory`.
+/// explicit `malloc_trim`, which needs unsafe code), while jemalloc's pages can be
+/// purged through its safe control interface (see `allocator` and `bench/memory`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
-    tune_allocator();
+    let purge = allocator::tune();
     let cfg = config::from_args_or_exit();
     if let Err(e) = cfg.prepare_process() {
         fail(&e.message, e.exit_code);
+    }
+    if purge {
+        allocator::spawn_purger();
     }
     // Kept alive until exit: dropping it removes the pid file.
     let _pid_file = cfg.write_pid_file().unwrap_or_else(|e| fail(&e.message, e.exit_code));
@@ -33,22 +38,6 @@ fn main() {
     if let Err(e) = runtime.block_on(serve(&cfg, log)) {
         fail(&e.to_string(), 1);
     }
-}
-
-/// Freed pages go back to the system about a second after they were freed (jemalloc's
-/// default is 10 s), purged by jemalloc's background thread, so that an idle server
-/// shrinks too. Settings given in `_RJEM_MALLOC_CONF` are left alone.
-fn tune_allocator() {
-    use tikv_jemalloc_ctl::{Access, AsName};
-    if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
-        return;
-    }
-    const DIRTY_DECAY_MS: isize = 1000;
-    // The default for arenas created from now on, and the main thread's arena.
-    for name in [&b"arenas.dirty_decay_ms\0"[..], b"arena.0.dirty_decay_ms\0"] {
-        let _ = name.name().write(DIRTY_DECAY_MS);
-    }
-    let _ = tikv_jemalloc_ctl::background_thread::write(true);
 }
 
 fn fail(message: &str, code: i32) -> ! {
