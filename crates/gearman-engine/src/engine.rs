@@ -11,6 +11,7 @@ use slab::Slab;
 use crate::function::{Function, FunctionId};
 use crate::job::{CoalesceKey, Job, JobId, JobState};
 use crate::ready::ReadySet;
+use crate::seq_index::SeqIndex;
 use crate::session::Session;
 use crate::{ConnId, EngineConfig, NowMs, Outbox};
 
@@ -42,7 +43,7 @@ pub struct Engine {
     pub(crate) function_ids: HashMap<Bytes, FunctionId>,
     pub(crate) sessions: Slab<Session>,
     /// Live jobs by sequence number, the number in their handle.
-    pub(crate) handles: HashMap<u64, JobId>,
+    pub(crate) handles: SeqIndex,
     /// Coalescing index: (function, key) -> live job.
     pub(crate) coalesce: HashMap<(FunctionId, CoalesceKey), JobId>,
     /// GET_STATUS_UNIQUE index: unique -> live jobs with it, oldest first.
@@ -86,7 +87,7 @@ impl Engine {
             functions: Slab::new(),
             function_ids: HashMap::default(),
             sessions: Slab::new(),
-            handles: HashMap::default(),
+            handles: SeqIndex::default(),
             coalesce: HashMap::default(),
             by_unique: HashMap::default(),
             epoch_timers: BinaryHeap::new(),
@@ -142,7 +143,7 @@ impl Engine {
     /// The job a handle names, if it is live.
     pub(crate) fn job_by_handle(&self, handle: &[u8]) -> Option<JobId> {
         let seq = crate::handle::parse(&self.config.handle_prefix, handle)?;
-        self.handles.get(&seq).copied()
+        self.handles.get(seq)
     }
 
     /// The handle of the job with sequence number `seq`.
@@ -472,7 +473,7 @@ impl Engine {
         }
         self.unstore(jid, out);
         let job = self.jobs.remove(jid);
-        self.handles.remove(&job.seq);
+        self.handles.remove(job.seq);
         if let Some(key) = job.coalesce_key() {
             let key = (job.function, key);
             if self.coalesce.get(&key) == Some(&jid) {
@@ -598,7 +599,7 @@ impl Engine {
             }
         }
         for (jid, j) in &self.jobs {
-            if self.handles.get(&j.seq) != Some(&jid) {
+            if self.handles.get(j.seq) != Some(jid) {
                 return Err(format!("job {jid} missing from the handle index"));
             }
             let in_queues: usize = self

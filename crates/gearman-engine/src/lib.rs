@@ -14,6 +14,7 @@ mod handle;
 mod job;
 mod outbox;
 mod ready;
+mod seq_index;
 mod session;
 mod stats;
 mod store;
