@@ -99,11 +99,12 @@ fn case_sighup_reopens_log(kind: Kind) {
 }
 both!(case_sighup_reopens_log, ours_sighup_reopens_log, real_sighup_reopens_log);
 
-/// `-t` threads: a server with 1 and with 3 threads serves many connections at once.
+/// `-t` threads: a server with 1 thread (tokio's single-threaded scheduler), 3, and
+/// one per CPU serves many connections at once, and stops on SIGTERM.
 #[test]
 fn ours_thread_counts_serve_concurrently() {
     for t in ["1", "3", "0"] {
-        let Some(s) = start(Kind::Ours, &["-t", t]) else { return };
+        let Some(mut s) = start(Kind::Ours, &["-t", t]) else { return };
         let handles: Vec<_> = (0..8)
             .map(|i| {
                 let port = s.port;
@@ -119,5 +120,7 @@ fn ours_thread_counts_serve_concurrently() {
         for h in handles {
             h.join().unwrap();
         }
+        s.signal("TERM");
+        assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(0), "-t {t} exits on SIGTERM");
     }
 }
