@@ -309,19 +309,25 @@ impl Outbound {
     /// Returns whether bytes became ready to write.
     pub(crate) fn fill(&self, id: u64, command: Command, args: &[&[u8]]) -> bool {
         let mut p = self.pending.lock();
-        let mut added = 0;
-        for h in p.held.iter_mut() {
-            if let Held::Place(hid, slot @ None) = h {
-                if *hid == id {
-                    let mut b = BytesMut::new();
-                    encode_parts(Magic::Res, command, args, &mut b);
-                    added = b.len();
-                    *slot = Some(b);
-                    break;
-                }
-            }
+        let Some(i) = p.held.iter().position(|h| matches!(h, Held::Place(hid, None) if *hid == id)) else {
+            return p.release();
+        };
+        if i == 0 {
+            // First in line (stores commit in order, so nearly always): everything
+            // before it is in `ready` already, so the reply is encoded straight there
+            // instead of into a buffer of its own that `release` would copy over.
+            p.held.pop_front();
+            let added = p.ready.packet(command, args);
+            p.bytes += added;
+            p.release();
+            return true;
         }
-        p.bytes += added;
+        let mut b = BytesMut::new();
+        encode_parts(Magic::Res, command, args, &mut b);
+        p.bytes += b.len();
+        if let Some(Held::Place(_, slot)) = p.held.get_mut(i) {
+            *slot = Some(b);
+        }
         p.release()
     }
 

@@ -54,8 +54,8 @@ pub(crate) fn tune() -> bool {
     let _ = b"arenas.dirty_decay_ms\0".name().write(-1isize);
     let _ = b"arenas.muzzy_decay_ms\0".name().write(0isize);
     for_each_arena(|i| {
-        let _ = arena_key(i, "dirty_decay_ms").as_bytes().name().write(-1isize);
-        let _ = arena_key(i, "muzzy_decay_ms").as_bytes().name().write(0isize);
+        set_arena_decay(i, "dirty_decay_ms", -1);
+        set_arena_decay(i, "muzzy_decay_ms", 0);
     });
     true
 }
@@ -89,21 +89,21 @@ fn usage() -> Option<(usize, usize)> {
 /// through mallctl: a decay time of 0 purges at once, then decay goes off again.
 fn purge() {
     for_each_arena(|i| {
-        let key = arena_key(i, "dirty_decay_ms");
-        let _ = key.as_bytes().name().write(0isize);
-        let _ = key.as_bytes().name().write(-1isize);
+        set_arena_decay(i, "dirty_decay_ms", 0);
+        set_arena_decay(i, "dirty_decay_ms", -1);
     });
 }
 
-/// Calls `f` with the index of every arena slot (unused ones just fail the write).
+/// Calls `f` with the index of every arena slot.
 fn for_each_arena(mut f: impl FnMut(u32)) {
     let n: u32 = b"arenas.narenas\0".name().read().unwrap_or(0);
     (0..n).for_each(&mut f);
 }
 
-/// `arena.<i>.<what>`, NUL-terminated as mallctl wants it.
-fn arena_key(i: u32, what: &str) -> String {
-    format!("arena.{i}.{what}\0")
+/// Sets arena `i`'s `dirty_decay_ms` or `muzzy_decay_ms` (-1: never; 0: at once).
+/// An arena slot not in use refuses the write, which is ignored.
+fn set_arena_decay(i: u32, which: &str, ms: isize) {
+    let _ = format!("arena.{i}.{which}\0").as_bytes().name().write(ms);
 }
 
 /// The purge decision, apart from jemalloc so that it can be tested: purge once
@@ -182,9 +182,7 @@ mod tests {
     #[test]
     fn a_purge_returns_freed_large_blocks() {
         // Runs in this test binary's jemalloc, as the server's would.
-        for_each_arena(|i| {
-            let _ = arena_key(i, "dirty_decay_ms").as_bytes().name().write(-1isize);
-        });
+        for_each_arena(|i| set_arena_decay(i, "dirty_decay_ms", -1));
         let blocks: Vec<Vec<u8>> = (0..64).map(|_| vec![1u8; 256 * 1024]).collect();
         drop(std::hint::black_box(blocks));
         let (_, before) = usage().expect("stats");
