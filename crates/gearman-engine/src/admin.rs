@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use gearman_proto::Command;
 
 use crate::function::FunctionId;
-use crate::job::{strtol, JobState};
+use crate::job::{strtol, CoalesceKey, JobState};
 use crate::{ConnId, Engine, Outbox};
 
 /// gearmand closes the connection on a line with more tokens than this.
@@ -225,8 +225,13 @@ impl Engine {
         // Listeners are told now and detached, so a running worker's late results go
         // nowhere (gearmand keeps forwarding them after the WORK_FAIL: §2.9 [bug]).
         let listeners = std::mem::take(&mut job.listeners);
-        let (seq, state, fid) = (job.seq, job.state, job.function);
-        let key = job.coalesce_key();
+        let (seq, state) = (job.seq, job.state);
+        // A job with a unique stays in `by_unique` (GET_STATUS_UNIQUE still finds it),
+        // where the flag alone keeps submits from joining it.
+        let data_hash = match job.coalesce_key() {
+            Some(CoalesceKey::Data(data)) => Some(self.by_data.hash(&(job.function, data))),
+            _ => None,
+        };
         job.coalescing = false;
         for c in listeners {
             out.packet(c, Command::WorkFail, &[handle]);
@@ -238,11 +243,8 @@ impl Engine {
             self.unstore(jid, out);
         }
         // A new submit with the same unique must start a new job, not join this one.
-        if let Some(key) = key {
-            let key = (fid, key);
-            if self.coalesce.get(&key) == Some(&jid) {
-                self.coalesce.remove(&key);
-            }
+        if let Some(hash) = data_hash {
+            self.by_data.remove(hash, jid);
         }
         if state == JobState::Scheduled {
             // Nothing will ever reach a scheduled job through a queue: drop it now.

@@ -10,9 +10,11 @@ use slab::Slab;
 
 use crate::function::{Function, FunctionId};
 use crate::job::{CoalesceKey, Job, JobId, JobState};
+use crate::job_index::JobIndex;
 use crate::ready::ReadySet;
 use crate::seq_index::SeqIndex;
 use crate::session::Session;
+use crate::steady_map::SteadyMap;
 use crate::{ConnId, EngineConfig, NowMs, Outbox};
 
 /// What the server knows about a new connection, for the `workers` admin list.
@@ -44,10 +46,12 @@ pub struct Engine {
     pub(crate) sessions: Slab<Session>,
     /// Live jobs by sequence number, the number in their handle.
     pub(crate) handles: SeqIndex,
-    /// Coalescing index: (function, key) -> live job.
-    pub(crate) coalesce: HashMap<(FunctionId, CoalesceKey), JobId>,
-    /// GET_STATUS_UNIQUE index: unique -> live jobs with it, oldest first.
-    pub(crate) by_unique: HashMap<Bytes, Vec<JobId>>,
+    /// Every live job with a unique (other than `-`), by the unique: for
+    /// GET_STATUS_UNIQUE, and for coalescing, which looks for the one among them that
+    /// has the submit's function and still coalesces (see [`Engine::coalescing_job`]).
+    pub(crate) by_unique: JobIndex,
+    /// The jobs of unique `-` that coalesce, by function and data.
+    pub(crate) by_data: JobIndex,
     /// Epoch jobs by due time: (due ms, job, seq, 0).
     pub(crate) epoch_timers: BinaryHeap<Deadline>,
     /// CAN_DO_TIMEOUT deadlines of running jobs.
@@ -55,7 +59,7 @@ pub struct Engine {
     pub(crate) next_seq: u64,
     pub(crate) next_order: u64,
     /// Stored jobs by store key, to route the store's answers.
-    pub(crate) by_store_key: HashMap<u64, JobId>,
+    pub(crate) by_store_key: SteadyMap<u64, JobId>,
     pub(crate) next_store_key: u64,
     /// Ids of places held in reply order (see [`Outbox::hold`]).
     pub(crate) next_hold: u64,
@@ -74,6 +78,13 @@ pub struct Engine {
     pub(crate) wide_after: usize,
 }
 
+/// Whether a job with this unique is found by GET_STATUS_UNIQUE: gearmand files `-`
+/// jobs under a hash of their data, so GET_STATUS_UNIQUE never finds them by "-";
+/// leaving them out of the index does the same.
+pub(crate) fn has_status_unique(unique: &[u8]) -> bool {
+    !unique.is_empty() && unique != b"-"
+}
+
 /// Workers with more functions than this sleep in [`Engine::wide_sleepers`] and are
 /// served from [`Engine::ready`]; below it, walking their functions is cheaper.
 pub(crate) const WIDE_WORKER_ABILITIES: usize = 32;
@@ -88,13 +99,13 @@ impl Engine {
             function_ids: HashMap::default(),
             sessions: Slab::new(),
             handles: SeqIndex::default(),
-            coalesce: HashMap::default(),
-            by_unique: HashMap::default(),
+            by_unique: JobIndex::default(),
+            by_data: JobIndex::default(),
             epoch_timers: BinaryHeap::new(),
             work_timers: BinaryHeap::new(),
             next_seq: 1,
             next_order: 0,
-            by_store_key: HashMap::default(),
+            by_store_key: SteadyMap::default(),
             next_store_key: 1,
             next_hold: 1,
             next_sleep_gen: 1,
@@ -229,7 +240,7 @@ impl Engine {
                 }
             )*};
         }
-        shrink_map!(self.handles, self.coalesce, self.by_unique, self.by_store_key, self.function_ids);
+        shrink_map!(self.handles, self.by_unique, self.by_data, self.by_store_key, self.function_ids);
         if sparse(self.epoch_timers.len(), self.epoch_timers.capacity()) {
             self.epoch_timers.shrink_to_fit();
             shrank = true;
@@ -466,6 +477,28 @@ impl Engine {
         }
     }
 
+    /// The job that a submit to `fid` with `key` joins, if any.
+    pub(crate) fn coalescing_job(&self, fid: FunctionId, key: CoalesceKey<'_>) -> Option<JobId> {
+        let is_it =
+            |jid| self.jobs.get(jid).is_some_and(|j| j.function == fid && j.coalesce_key() == Some(key));
+        match key {
+            CoalesceKey::Unique(unique) => self.by_unique.find(self.by_unique.hash(unique), is_it),
+            CoalesceKey::Data(data) => self.by_data.find(self.data_hash(fid, data), is_it),
+        }
+    }
+
+    /// The hash a coalescing `-` job is filed under in [`Engine::by_data`].
+    pub(crate) fn data_hash(&self, fid: FunctionId, data: &[u8]) -> u64 {
+        self.by_data.hash(&(fid, data))
+    }
+
+    /// The newest live job with `unique`, as GET_STATUS_UNIQUE reports.
+    pub(crate) fn newest_with_unique(&self, unique: &[u8]) -> Option<&Job> {
+        let hash = self.by_unique.hash(unique);
+        let jobs = self.by_unique.candidates(hash).filter_map(|jid| self.jobs.get(jid));
+        jobs.filter(|j| j.unique[..] == *unique).max_by_key(|j| j.seq).map(|j| &**j)
+    }
+
     /// Removes a job for good: from every index, counter and session list.
     pub(crate) fn remove_job(&mut self, jid: JobId, out: &mut dyn Outbox) {
         if !self.jobs.contains(jid) {
@@ -474,19 +507,12 @@ impl Engine {
         self.unstore(jid, out);
         let job = self.jobs.remove(jid);
         self.handles.remove(job.seq);
-        if let Some(key) = job.coalesce_key() {
-            let key = (job.function, key);
-            if self.coalesce.get(&key) == Some(&jid) {
-                self.coalesce.remove(&key);
-            }
+        if let Some(CoalesceKey::Data(data)) = job.coalesce_key() {
+            self.by_data.remove(self.data_hash(job.function, data), jid);
         }
-        if !job.unique.is_empty() && &job.unique[..] != b"-" {
-            if let Some(list) = self.by_unique.get_mut(&job.unique) {
-                list.retain(|&j| j != jid);
-                if list.is_empty() {
-                    self.by_unique.remove(&job.unique);
-                }
-            }
+        if has_status_unique(&job.unique) {
+            let hash = self.by_unique.hash(&job.unique[..]);
+            self.by_unique.remove(hash, jid);
         }
         if let Some(f) = self.functions.get_mut(job.function) {
             f.total = f.total.saturating_sub(1);

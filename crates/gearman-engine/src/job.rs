@@ -24,22 +24,22 @@ pub(crate) enum JobState {
 }
 
 /// The key under which a job coalesces with later submits of the same function.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum CoalesceKey {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum CoalesceKey<'a> {
     /// An explicit unique string.
-    Unique(Bytes),
+    Unique(&'a [u8]),
     /// Unique `-`: identical data coalesces.
-    Data(Bytes),
+    Data(&'a [u8]),
 }
 
-impl CoalesceKey {
+impl<'a> CoalesceKey<'a> {
     /// The key a job with this unique and data coalesces under, if any.
-    pub(crate) fn of(unique: &Bytes, data: &Bytes) -> Option<CoalesceKey> {
-        match &unique[..] {
+    pub(crate) fn of(unique: &'a [u8], data: &'a [u8]) -> Option<CoalesceKey<'a>> {
+        match unique {
             b"" => None,
             b"-" if data.is_empty() => None,
-            b"-" => Some(CoalesceKey::Data(data.clone())),
-            _ => Some(CoalesceKey::Unique(unique.clone())),
+            b"-" => Some(CoalesceKey::Data(data)),
+            _ => Some(CoalesceKey::Unique(unique)),
         }
     }
 }
@@ -134,7 +134,7 @@ impl Job {
     }
 
     /// The key this job holds in the coalesce index, if any.
-    pub(crate) fn coalesce_key(&self) -> Option<CoalesceKey> {
+    pub(crate) fn coalesce_key(&self) -> Option<CoalesceKey<'_>> {
         if self.coalescing {
             CoalesceKey::of(&self.unique, &self.data)
         } else {

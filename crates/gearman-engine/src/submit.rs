@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use gearman_proto::{Command, Packet};
 
-use crate::engine::error;
+use crate::engine::{error, has_status_unique};
 use crate::function::FunctionId;
 use crate::job::{CoalesceKey, Job, JobExtra, JobId, JobState};
 use crate::session::MAX_CLIENT_ID_BYTES;
@@ -64,7 +64,7 @@ impl Engine {
         }
         let fid = self.function_id(p.arg(0));
         if let Some(key) = CoalesceKey::of(&unique, &data) {
-            if let Some(&jid) = self.coalesce.get(&(fid, key)) {
+            if let Some(jid) = self.coalescing_job(fid, key) {
                 self.stats.coalesced += 1;
                 self.join(jid, conn, k.background, out);
                 return;
@@ -152,6 +152,11 @@ impl Engine {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         let key = CoalesceKey::of(&unique, &data);
+        let data_hash = match key {
+            Some(CoalesceKey::Data(data)) => Some(self.data_hash(fid, data)),
+            _ => None,
+        };
+        let coalescing = key.is_some();
         let extra = (!reducer.is_empty() || when != 0)
             .then(|| Box::new(JobExtra { reducer, when, ..JobExtra::default() }));
         let job = Job {
@@ -169,17 +174,16 @@ impl Engine {
             background,
             bg_joined: false,
             abandoned: false,
-            coalescing: key.is_some(),
+            coalescing,
         };
         let jid = self.jobs.insert(Box::new(job));
         self.handles.insert(seq, jid);
-        if let Some(key) = key {
-            self.coalesce.insert((fid, key), jid);
+        if let Some(hash) = data_hash {
+            self.by_data.insert(hash, jid);
         }
-        // gearmand files `-` jobs under a hash of their data, so GET_STATUS_UNIQUE
-        // never finds them by "-"; leaving them out of the index does the same.
-        if !unique.is_empty() && &unique[..] != b"-" {
-            self.by_unique.entry(unique).or_default().push(jid);
+        if has_status_unique(&unique) {
+            let hash = self.by_unique.hash(&unique[..]);
+            self.by_unique.insert(hash, jid);
         }
         if let Some(f) = self.functions.get_mut(fid) {
             f.total += 1;
@@ -244,7 +248,7 @@ impl Engine {
 
     pub(crate) fn get_status_unique(&mut self, conn: ConnId, unique: &[u8], out: &mut dyn Outbox) {
         let unique = strip_trailing_nul(unique);
-        let job = self.by_unique.get(unique).and_then(|l| l.last()).and_then(|&j| self.jobs.get(j));
+        let job = self.newest_with_unique(unique);
         let (known, running, num, den, clients) = match job {
             Some(j) => {
                 let x = j.extra();

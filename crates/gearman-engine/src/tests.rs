@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use gearman_proto::{Command, Magic, Packet, Sender};
 use proptest::prelude::*;
 
-use crate::job::JobState;
+use crate::job::{CoalesceKey, JobState};
 use crate::{ConnId, Engine, EngineConfig, NowMs, PeerInfo, RecordingOutbox, Sent};
 
 /// Connection id used for admin lines (the engine does not need a session for them).
@@ -230,33 +230,32 @@ fn deep_invariants(e: &Engine) -> Result<(), String> {
             }
         }
         if let Some(key) = j.coalesce_key() {
-            if e.coalesce.get(&(j.function, key)) != Some(&jid) {
-                return Err(format!("job {jid} missing from the coalesce index"));
+            if e.coalescing_job(j.function, key) != Some(jid) {
+                return Err(format!("job {jid} is not the one found by its coalesce key"));
             }
         }
         // `-` jobs are not found by GET_STATUS_UNIQUE (gearmand files them by data hash).
-        let indexed = usize::from(!j.unique.is_empty() && &j.unique[..] != b"-");
-        {
-            let n = e.by_unique.get(&j.unique).map_or(0, |l| l.iter().filter(|&&x| x == jid).count());
-            if n != indexed {
-                return Err(format!("job {jid} is {n} times in the unique index"));
-            }
+        let indexed = usize::from(crate::engine::has_status_unique(&j.unique));
+        let n = e.by_unique.candidates(e.by_unique.hash(&j.unique[..])).filter(|&x| x == jid).count();
+        if n != indexed {
+            return Err(format!("job {jid} is {n} times in the unique index"));
         }
     }
-    for ((fid, key), &jid) in &e.coalesce {
+    for (hash, jid) in e.by_data.iter() {
+        match e.jobs.get(jid).map(|j| (j.function, j.coalesce_key())) {
+            Some((fid, Some(CoalesceKey::Data(data)))) if e.data_hash(fid, data) == hash => {}
+            _ => return Err(format!("data index entry for job {jid} is stale")),
+        }
+    }
+    let data_keyed =
+        e.jobs.iter().filter(|(_, j)| matches!(j.coalesce_key(), Some(CoalesceKey::Data(_)))).count();
+    if e.by_data.len() != data_keyed {
+        return Err(format!("{} data index entries for {data_keyed} jobs", e.by_data.len()));
+    }
+    for (hash, jid) in e.by_unique.iter() {
         match e.jobs.get(jid) {
-            Some(j) if j.function == *fid && j.coalesce_key().as_ref() == Some(key) => {}
-            _ => return Err(format!("coalesce index entry for job {jid} is stale")),
-        }
-    }
-    for (u, list) in &e.by_unique {
-        if list.is_empty() {
-            return Err(format!("empty unique index list for {u:?}"));
-        }
-        for &jid in list {
-            if e.jobs.get(jid).map(|j| &j.unique) != Some(u) {
-                return Err(format!("unique index {u:?} -> stale job {jid}"));
-            }
+            Some(j) if e.by_unique.hash(&j.unique[..]) == hash => {}
+            _ => return Err(format!("unique index entry for job {jid} is stale")),
         }
     }
     Ok(())
@@ -1942,6 +1941,11 @@ fn cancel_queued_job_fails_listeners_and_is_discarded_at_grab() {
     assert_eq!(h.pre_sleep(w), vec![]);
     // A new submit with the same unique is a new job, not the cancelled one.
     assert_eq!(h.submit(c1, Command::SubmitJob, "f", "u", "y"), vec![created(c1, "H:t:2"), noop(w)]);
+    // Both are alive under "u"; GET_STATUS_UNIQUE reports the new one (one client).
+    assert_eq!(
+        h.send(c2, Command::GetStatusUnique, &[b"u"]),
+        vec![pkt(c2, Command::StatusResUnique, &[b"u", b"1", b"0", b"0", b"0", b"1"])]
+    );
     assert_eq!(h.grab(w), vec![assign(w, "H:t:2", "f", "y")]);
     assert_eq!(h.admin_text("status"), "f\t1\t1\t1\n.\n");
     assert_eq!(h.grab(w), vec![no_job(w)]);
