@@ -12,6 +12,12 @@ pub struct EngineConfig {
     /// GRAB_JOB, get NO_JOB and PRE_SLEEP again (a third of gearmand's foreground
     /// packets), and one woken worker per queued job is enough for every job to run.
     pub worker_wakeup: u32,
+    /// How long a GRAB_JOB that finds no job is held before NO_JOB is sent (ms; 0 =
+    /// answer at once, as gearmand). A job queued meanwhile is the answer, which saves
+    /// the worker's PRE_SLEEP, the NOOP and a second GRAB_JOB: a round trip of every
+    /// foreground job whose worker was idle. Deadlines are whole milliseconds, so
+    /// the hold lasts between `grab_hold_ms - 1` and `grab_hold_ms`.
+    pub grab_hold_ms: u32,
     /// Rotate a worker's functions after each grab (`-R`).
     pub round_robin: bool,
     /// New connections start with the `exceptions` option on (`--exceptions`).
@@ -32,6 +38,7 @@ impl Default for EngineConfig {
             handle_prefix: "H:localhost".into(),
             job_retries: 0,
             worker_wakeup: 1,
+            grab_hold_ms: 0,
             round_robin: false,
             exceptions: false,
             version: format!("1.1.20+gearman-rs.{}", env!("CARGO_PKG_VERSION")),

@@ -74,6 +74,13 @@ pub struct Engine {
     /// their functions' sleeper queues, which would make every PRE_SLEEP cost as much
     /// as the worker has functions.
     pub(crate) wide_sleepers: VecDeque<(ConnId, u64)>,
+    /// Held GRAB_JOBs by when their hold ends: `(deadline, connection, sleep
+    /// generation)`, in deadline order since every hold is as long. Entries of holds
+    /// answered early go stale and are dropped from the front.
+    pub(crate) held_until: VecDeque<(NowMs, ConnId, u64)>,
+    /// Workers whose held GRAB_JOB a newly queued job woke, to be answered with it
+    /// before the engine returns (see [`Engine::answer_woken_grabs`]).
+    pub(crate) held_woken: Vec<ConnId>,
     /// [`WIDE_WORKER_ABILITIES`]; tests lower it to run every path through the wide one.
     pub(crate) wide_after: usize,
 }
@@ -112,6 +119,8 @@ impl Engine {
             stats: crate::stats::Stats::default(),
             ready: ReadySet::default(),
             wide_sleepers: VecDeque::new(),
+            held_until: VecDeque::new(),
+            held_woken: Vec::new(),
             wide_after: WIDE_WORKER_ABILITIES,
         }
     }
@@ -149,6 +158,7 @@ impl Engine {
             let functions: Vec<FunctionId> = session.abilities.iter().map(|a| a.function).collect();
             self.pass_on_wakeup(&functions, out);
         }
+        self.answer_woken_grabs(now, out);
     }
 
     /// The job a handle names, if it is live.
@@ -177,6 +187,14 @@ impl Engine {
         if !self.sessions.contains(conn) {
             return;
         }
+        // Replies go out in request order: a held GRAB_JOB is answered before anything
+        // that came after it.
+        self.release_held_grab(conn, out);
+        self.dispatch(conn, packet, now, out);
+        self.answer_woken_grabs(now, out);
+    }
+
+    fn dispatch(&mut self, conn: ConnId, packet: &Packet, now: NowMs, out: &mut dyn Outbox) {
         if packet.magic == Magic::Res {
             error(out, conn, "INVALID_MAGIC", "Request magic expected");
             return;
@@ -268,6 +286,7 @@ impl Engine {
     /// Runs timers due at `now`: epoch jobs become runnable (and wake sleepers), and
     /// jobs past their CAN_DO_TIMEOUT go back to the queue.
     pub fn tick(&mut self, now: NowMs, out: &mut dyn Outbox) {
+        self.end_due_holds(now, out);
         self.promote_due(now, out);
         while let Some(&Reverse((due, jid, seq, assignment))) = self.work_timers.peek() {
             if due > now {
@@ -286,16 +305,15 @@ impl Engine {
                 self.requeue_lost(jid, seq, now, out);
             }
         }
+        self.answer_woken_grabs(now, out);
     }
 
     /// When [`Engine::tick`] next has work to do, if ever.
     pub fn next_deadline(&self) -> Option<NowMs> {
         let e = self.epoch_timers.peek().map(|Reverse(t)| t.0);
         let w = self.work_timers.peek().map(|Reverse(t)| t.0);
-        match (e, w) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let h = self.held_until.front().map(|t| t.0);
+        [e, w, h].into_iter().flatten().min()
     }
 
     /// Moves epoch jobs whose time has come into their normal queues.
@@ -400,7 +418,11 @@ impl Engine {
                 continue;
             }
             s.noop_sent = true;
-            out.packet(w, Command::Noop, &[]);
+            if s.held_grab.is_some() {
+                self.held_woken.push(w);
+            } else {
+                out.packet(w, Command::Noop, &[]);
+            }
             woken += 1;
             if limit > 0 && woken >= limit {
                 return;
@@ -416,6 +438,7 @@ impl Engine {
     /// way; sleepers that cannot do `fid` keep their place.
     fn wake_wide_sleepers(&mut self, fid: FunctionId, mut left: usize, all: bool, out: &mut dyn Outbox) {
         let sessions = &mut self.sessions;
+        let held_woken = &mut self.held_woken;
         self.wide_sleepers.retain(|&(w, generation)| {
             let Some(s) = sessions.get_mut(w) else { return false };
             if !s.sleeping || s.noop_sent || s.sleep_gen != generation {
@@ -425,15 +448,20 @@ impl Engine {
                 return true;
             }
             s.noop_sent = true;
-            out.packet(w, Command::Noop, &[]);
+            if s.held_grab.is_some() {
+                held_woken.push(w);
+            } else {
+                out.packet(w, Command::Noop, &[]);
+            }
             left = left.saturating_sub(1);
             false
         });
     }
 
     /// Files a connection that just went to sleep as a sleeper of each function it can
-    /// do, dropping stale entries once they outnumber the live ones.
-    pub(crate) fn add_sleeper(&mut self, conn: ConnId) {
+    /// do, dropping stale entries once they outnumber the live ones. A held GRAB_JOB
+    /// goes `first` in line: that worker is awake and answered faster than a NOOP.
+    pub(crate) fn add_sleeper(&mut self, conn: ConnId, first: bool) {
         let generation = self.next_sleep_gen;
         self.next_sleep_gen += 1;
         let Some(s) = self.sessions.get_mut(conn) else { return };
@@ -442,7 +470,11 @@ impl Engine {
         s.sleep_gen = generation;
         let Some(s) = self.sessions.get(conn) else { return };
         if s.wide {
-            self.wide_sleepers.push_back((conn, generation));
+            if first {
+                self.wide_sleepers.push_front((conn, generation));
+            } else {
+                self.wide_sleepers.push_back((conn, generation));
+            }
             if self.wide_sleepers.len() > 2 * self.sessions.len() + 16 {
                 let sessions = &self.sessions;
                 self.wide_sleepers.retain(|&(w, g)| {
@@ -453,7 +485,11 @@ impl Engine {
         }
         for a in &s.abilities {
             let Some(f) = self.functions.get_mut(a.function) else { continue };
-            f.sleepers.push_back((conn, generation));
+            if first {
+                f.sleepers.push_front((conn, generation));
+            } else {
+                f.sleepers.push_back((conn, generation));
+            }
             // Amortised O(1): compaction runs only after the queue doubled past the
             // number of registered workers.
             if f.sleepers.len() > 2 * f.workers.len() + 16 {
@@ -602,6 +638,20 @@ impl Engine {
     /// Checks that every index and counter agrees with the jobs themselves; for tests
     /// and fuzzing. Returns a description of the first inconsistency.
     pub fn check_invariants(&self) -> Result<(), String> {
+        if !self.held_woken.is_empty() {
+            return Err(format!("held grabs woken but not answered: {:?}", self.held_woken));
+        }
+        for (cid, s) in &self.sessions {
+            if s.held_grab.is_none() {
+                continue;
+            }
+            if !s.sleeping || s.noop_sent {
+                return Err(format!("held grab of {cid} is not filed as a sleeper"));
+            }
+            if !self.held_until.iter().any(|&(_, c, g)| c == cid && g == s.sleep_gen) {
+                return Err(format!("held grab of {cid} has no deadline"));
+            }
+        }
         for (fid, f) in &self.functions {
             let total = self.jobs.iter().filter(|(_, j)| j.function == fid).count();
             if total != f.total {

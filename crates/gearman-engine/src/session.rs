@@ -6,6 +6,8 @@ use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
+use gearman_proto::Command;
+
 use crate::engine::HashMap;
 use crate::function::FunctionId;
 use crate::job::JobId;
@@ -50,8 +52,12 @@ pub(crate) struct Session {
     pub(crate) exceptions: bool,
     /// Sent PRE_SLEEP and has not grabbed since.
     pub(crate) sleeping: bool,
-    /// Already woken with a NOOP since it last went to sleep.
+    /// Already woken with a NOOP since it last went to sleep (or, held, picked to
+    /// be answered with a job).
     pub(crate) noop_sent: bool,
+    /// Sent a GRAB_JOB (of this kind) that is being held, unanswered, until a job
+    /// comes or the hold ends (see `Engine::hold_grab`); filed as a sleeper meanwhile.
+    pub(crate) held_grab: Option<Command>,
     /// Changes each time the connection goes to sleep (engine-wide counter), so a
     /// function's sleeper entries from an earlier sleep are recognised as stale.
     pub(crate) sleep_gen: u64,
@@ -80,6 +86,7 @@ impl Session {
             exceptions,
             sleeping: false,
             noop_sent: false,
+            held_grab: None,
             sleep_gen: 0,
             running: Vec::new(),
             listening: Vec::new(),

@@ -72,6 +72,7 @@ impl Engine {
                 }
             }
         }
+        self.answer_woken_grabs(now, out);
     }
 
     /// A committed job becomes runnable (or waits for its epoch time).
@@ -113,6 +114,7 @@ impl Engine {
         }
         self.by_store_key.insert(stored.key, jid);
         self.release_persisted(jid, now, out);
+        self.answer_woken_grabs(now, out);
     }
 
     /// Every background job not in the store yet, given a store key now: what

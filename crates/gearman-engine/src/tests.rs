@@ -2169,6 +2169,9 @@ struct Model {
     handles: Vec<Vec<u8>>,
     /// Handles an admin `cancel job` answered OK for.
     cancelled: HashSet<Vec<u8>>,
+    /// Sent a GRAB_JOB the engine holds (`--grab-hold`): its answer may come with any
+    /// later operation, and comes before anything else sent to that connection.
+    held: HashSet<ConnId>,
 }
 
 impl Model {
@@ -2182,6 +2185,47 @@ impl Model {
         self.pre_slept.remove(&c);
         self.fg_handles.remove(&c);
         self.assigned.remove(&c);
+        self.held.remove(&c);
+    }
+
+    /// Takes the answers to held GRAB_JOBs out of `sent`, checking each as a grab reply.
+    fn answers(&mut self, sent: &mut Vec<Sent>) -> Result<(), TestCaseError> {
+        let mut rest = Vec::with_capacity(sent.len());
+        for s in sent.drain(..) {
+            // A held worker may be a client too, and get results meanwhile.
+            let answer = matches!(
+                &s,
+                Sent::Packet(c, Command::NoJob | Command::JobAssign | Command::JobAssignUniq | Command::JobAssignAll, _)
+                    if self.held.contains(c)
+            );
+            let Sent::Packet(c, command, args) = &s else {
+                rest.push(s);
+                continue;
+            };
+            if !answer {
+                rest.push(s);
+                continue;
+            }
+            self.grab_reply(*c, *command, args)?;
+            self.held.remove(c);
+        }
+        *sent = rest;
+        Ok(())
+    }
+
+    /// Checks one reply to a GRAB_JOB of `c`.
+    fn grab_reply(&mut self, c: ConnId, command: Command, args: &[Vec<u8>]) -> Result<(), TestCaseError> {
+        match command {
+            Command::NoJob => {}
+            Command::JobAssign | Command::JobAssignUniq | Command::JobAssignAll => {
+                let registered = self.registered.get(&c).is_some_and(|r| r.contains(&args[1]));
+                prop_assert!(registered, "assigned a function it did not register: {:?}", args);
+                prop_assert!(self.handles.contains(&args[0]));
+                self.assigned.entry(c).or_default().push(args[0].clone());
+            }
+            other => prop_assert!(false, "bad grab reply {other:?} {args:?}"),
+        }
+        Ok(())
     }
 
     /// Checks outputs that any operation may produce.
@@ -2263,6 +2307,14 @@ fn run_ops(cfg: EngineConfig, wide_after: usize, ops: &[Op]) -> Result<(), TestC
                         | Command::SubmitJobLow
                         | Command::SubmitReduceJob
                 );
+                if m.held.remove(&c) {
+                    // The held grab of the submitter itself is answered (NO_JOB) first.
+                    let first = sent.iter().position(|s| matches!(s, Sent::Packet(x, ..) if *x == c));
+                    let Some(i) = first else { return Err(TestCaseError::fail("held grab not answered")) };
+                    if let Sent::Packet(_, command, args) = sent.remove(i) {
+                        m.grab_reply(c, command, &args)?;
+                    }
+                }
                 let reply = sent.iter().position(|s| matches!(s, Sent::Packet(x, ..) if *x == c));
                 let Some(i) = reply else { return Err(TestCaseError::fail("no reply to a submit")) };
                 match sent.remove(i) {
@@ -2285,10 +2337,12 @@ fn run_ops(cfg: EngineConfig, wide_after: usize, ops: &[Op]) -> Result<(), TestC
             Op::CanDo { c, f, timeout } => {
                 let Some(c) = m.conn(c) else { continue };
                 let f = FUNCTIONS[usize::from(f)];
-                match timeout {
-                    Some(ms) => h.can_do_timeout(c, f, &ms.to_string()),
-                    None => h.can_do(c, f),
-                }
+                sent = match timeout {
+                    Some(ms) => h.send(c, Command::CanDoTimeout, &[f.as_bytes(), ms.to_string().as_bytes()]),
+                    None => h.send(c, Command::CanDo, &[f.as_bytes()]),
+                };
+                m.answers(&mut sent)?;
+                prop_assert_eq!(&sent, &vec![]);
                 m.registered.entry(c).or_default().push(f.as_bytes().to_vec());
             }
             Op::CantDo { c, f } => {
@@ -2308,26 +2362,23 @@ fn run_ops(cfg: EngineConfig, wide_after: usize, ops: &[Op]) -> Result<(), TestC
                 let Some(c) = m.conn(c) else { continue };
                 m.pre_slept.remove(&c);
                 sent = h.send(c, GRABS[usize::from(kind)], &[]);
+                m.answers(&mut sent)?;
                 let mine: Vec<usize> = sent
                     .iter()
                     .enumerate()
                     .filter(|(_, s)| matches!(s, Sent::Packet(x, ..) if *x == c))
                     .map(|(i, _)| i)
                     .collect();
-                prop_assert_eq!(mine.len(), 1, "grab replies: {:?}", sent);
-                match sent.remove(mine[0]) {
-                    Sent::Packet(_, Command::NoJob, _) => {}
-                    Sent::Packet(
-                        _,
-                        Command::JobAssign | Command::JobAssignUniq | Command::JobAssignAll,
-                        args,
-                    ) => {
-                        let registered = m.registered.get(&c).is_some_and(|r| r.contains(&args[1]));
-                        prop_assert!(registered, "assigned a function it did not register: {:?}", args);
-                        prop_assert!(m.handles.contains(&args[0]));
-                        m.assigned.entry(c).or_default().push(args[0].clone());
+                match mine[..] {
+                    [] => {
+                        prop_assert!(h.e.config.grab_hold_ms > 0, "no reply to a grab: {:?}", sent);
+                        m.held.insert(c);
                     }
-                    other => prop_assert!(false, "bad grab reply {other:?}"),
+                    [i] => match sent.remove(i) {
+                        Sent::Packet(_, command, args) => m.grab_reply(c, command, &args)?,
+                        other => prop_assert!(false, "bad grab reply {other:?}"),
+                    },
+                    _ => prop_assert!(false, "grab replies: {:?}", sent),
                 }
             }
             Op::PreSleep(c) => {
@@ -2351,6 +2402,7 @@ fn run_ops(cfg: EngineConfig, wide_after: usize, ops: &[Op]) -> Result<(), TestC
                     _ => vec![&handle, b"r"],
                 };
                 sent = h.send(c, command, &args);
+                m.answers(&mut sent)?;
                 sent.retain(|s| !matches!(s, Sent::Packet(x, Command::Error, _) if *x == c));
             }
             Op::Status { c, pick: p, unique } => {
@@ -2360,15 +2412,15 @@ fn run_ops(cfg: EngineConfig, wide_after: usize, ops: &[Op]) -> Result<(), TestC
                 } else {
                     h.send(c, Command::GetStatus, &[format!("H:t:{}", p % 40).as_bytes()])
                 };
+                m.answers(&mut sent)?;
                 prop_assert_eq!(sent.len(), 1);
                 sent.clear();
             }
             Op::Exceptions(c) => {
                 let Some(c) = m.conn(c) else { continue };
-                prop_assert_eq!(
-                    h.send(c, Command::OptionReq, &[b"exceptions"]),
-                    vec![pkt(c, Command::OptionRes, &[b"exceptions"])]
-                );
+                let mut reply = h.send(c, Command::OptionReq, &[b"exceptions"]);
+                m.answers(&mut reply)?;
+                prop_assert_eq!(reply, vec![pkt(c, Command::OptionRes, &[b"exceptions"])]);
             }
             Op::Cancel(p) => {
                 let handle = pick(&m.handles.iter().collect::<Vec<_>>(), p).cloned().unwrap_or_default();
@@ -2422,6 +2474,7 @@ fn run_ops(cfg: EngineConfig, wide_after: usize, ops: &[Op]) -> Result<(), TestC
                 }
             }
         }
+        m.answers(&mut sent)?;
         m.judge(&sent)?;
         // Only a cancel may abandon a background job (a departing coalesced foreground
         // client must not: PROTOCOL.md §4.10).
@@ -2442,7 +2495,8 @@ fn run_ops(cfg: EngineConfig, wide_after: usize, ops: &[Op]) -> Result<(), TestC
 fn drain(h: &mut Harness, m: &mut Model) -> Result<(), TestCaseError> {
     for c in m.live.clone() {
         m.forget(c);
-        let sent = h.disconnect(c);
+        let mut sent = h.disconnect(c);
+        m.answers(&mut sent)?;
         m.judge(&sent)?;
     }
     let far = h.now + 1_000_000;
@@ -2462,6 +2516,12 @@ fn drain(h: &mut Harness, m: &mut Model) -> Result<(), TestCaseError> {
     for _ in 0..10_000 {
         match &h.grab_all(w)[..] {
             [Sent::Packet(_, Command::NoJob, _)] => break,
+            [] if h.e.config.grab_hold_ms > 0 => {
+                // Held: nothing else is queued, so the hold ends with NO_JOB.
+                let end = h.now + i64::from(h.e.config.grab_hold_ms);
+                prop_assert_eq!(h.tick(end), vec![no_job(w)]);
+                break;
+            }
             [Sent::Packet(_, Command::JobAssignUniq | Command::JobAssignAll, args)] => {
                 let handle = args[0].clone();
                 prop_assert!(wanted.contains(&handle), "ran an unwanted job {:?}", handle);
@@ -2478,10 +2538,11 @@ fn drain(h: &mut Harness, m: &mut Model) -> Result<(), TestCaseError> {
 }
 
 fn engine_config() -> impl Strategy<Value = EngineConfig> {
-    (0..3u32, 0..2u32, any::<bool>(), any::<bool>()).prop_map(
-        |(job_retries, worker_wakeup, round_robin, exceptions)| EngineConfig {
+    (0..3u32, 0..2u32, any::<bool>(), any::<bool>(), prop::sample::select(vec![0u32, 2])).prop_map(
+        |(job_retries, worker_wakeup, round_robin, exceptions, grab_hold_ms)| EngineConfig {
             job_retries,
             worker_wakeup,
+            grab_hold_ms,
             round_robin,
             exceptions,
             ..config()
@@ -2560,4 +2621,91 @@ fn compact_gives_back_room_after_a_burst() {
     // Still works afterwards.
     let created = send(&mut e, &mut out, c, Command::SubmitJobBg, &[b"f", b"", b"y"]);
     assert_eq!(created, vec![Sent::Packet(c, Command::JobCreated, vec![b"H:t:5001".to_vec()])]);
+}
+
+fn holding() -> Harness {
+    Harness::with(EngineConfig { grab_hold_ms: 2, ..config() })
+}
+
+#[test]
+fn a_held_grab_is_answered_by_the_next_job_before_any_sleeper_is_woken() {
+    let mut h = holding();
+    let (c, w, sleeper) = (h.connect(), h.connect(), h.connect());
+    h.can_do(sleeper, "f");
+    h.can_do(w, "f");
+    assert_eq!(h.pre_sleep(sleeper), vec![]);
+    assert_eq!(h.grab(w), vec![], "no job yet: the GRAB_JOB is held, not answered");
+    assert_eq!(h.next_deadline(), Some(h.now + 2));
+    // The held worker is served first and directly: no NOOP, no second GRAB_JOB.
+    assert_eq!(
+        h.submit(c, Command::SubmitJob, "f", "", "x"),
+        vec![created(c, "H:t:1"), assign(w, "H:t:1", "f", "x")]
+    );
+    assert_eq!(h.next_deadline(), None, "the answered hold left no deadline behind");
+    let later = h.now + 5;
+    assert_eq!(h.tick(later), vec![]);
+    assert_eq!(h.complete(w, "H:t:1", "r"), vec![pkt(c, Command::WorkComplete, &[b"H:t:1", b"r"])]);
+    // The sleeper is still asleep and still first in line for a NOOP.
+    assert_eq!(h.submit(c, Command::SubmitJobBg, "f", "", "y"), vec![created(c, "H:t:2"), noop(sleeper)]);
+}
+
+#[test]
+fn a_held_grab_ends_with_no_job_when_its_time_is_up() {
+    let mut h = holding();
+    let w = h.connect();
+    h.can_do(w, "f");
+    assert_eq!(h.grab(w), vec![]);
+    let t = h.now;
+    assert_eq!(h.tick(t + 1), vec![]);
+    assert_eq!(h.tick(t + 2), vec![no_job(w)]);
+    assert_eq!(h.next_deadline(), None);
+    // Then the usual cycle: PRE_SLEEP, and a NOOP for the next job.
+    assert_eq!(h.pre_sleep(w), vec![]);
+    let c = h.connect();
+    assert_eq!(h.submit(c, Command::SubmitJobBg, "f", "", "x"), vec![created(c, "H:t:1"), noop(w)]);
+    assert_eq!(h.grab(w), vec![assign(w, "H:t:1", "f", "x")]);
+}
+
+#[test]
+fn anything_else_from_a_held_worker_is_answered_after_no_job() {
+    let mut h = holding();
+    let w = h.connect();
+    h.can_do(w, "f");
+    assert_eq!(h.grab(w), vec![]);
+    assert_eq!(h.send(w, Command::EchoReq, &[b"hi"]), vec![no_job(w), pkt(w, Command::EchoRes, &[b"hi"])]);
+    // A second GRAB_JOB behind a held one: NO_JOB for the first, the second held.
+    assert_eq!(h.grab(w), vec![]);
+    assert_eq!(h.grab(w), vec![no_job(w)]);
+    let c = h.connect();
+    assert_eq!(
+        h.submit(c, Command::SubmitJobBg, "f", "", "x"),
+        vec![created(c, "H:t:1"), assign(w, "H:t:1", "f", "x")]
+    );
+}
+
+#[test]
+fn a_held_worker_that_leaves_is_forgotten() {
+    let mut h = holding();
+    let (c, w) = (h.connect(), h.connect());
+    h.can_do(w, "f");
+    assert_eq!(h.grab(w), vec![]);
+    assert_eq!(h.disconnect(w), vec![]);
+    assert_eq!(h.submit(c, Command::SubmitJobBg, "f", "", "x"), vec![created(c, "H:t:1")]);
+    let later = h.now + 10;
+    assert_eq!(h.tick(later), vec![]);
+    assert_eq!(h.admin_text("status"), "f\t1\t0\t0\n.\n");
+}
+
+#[test]
+fn a_held_wide_worker_is_answered_for_any_of_its_functions() {
+    let mut h = holding();
+    h.e.wide_after = 0;
+    let (c, w) = (h.connect(), h.connect());
+    h.can_do(w, "f");
+    h.can_do(w, "g");
+    assert_eq!(h.send(w, Command::GrabJobUniq, &[]), vec![]);
+    assert_eq!(
+        h.submit(c, Command::SubmitJobBg, "g", "u", "x"),
+        vec![created(c, "H:t:1"), pkt(w, Command::JobAssignUniq, &[b"H:t:1", b"g", b"u", b"x"])]
+    );
 }

@@ -117,7 +117,7 @@ impl Engine {
             out.packet(conn, Command::Noop, &[]);
             return;
         }
-        self.add_sleeper(conn);
+        self.add_sleeper(conn, false);
     }
 
     pub(crate) fn grab_job(&mut self, conn: ConnId, kind: Command, now: NowMs, out: &mut dyn Outbox) {
@@ -127,6 +127,18 @@ impl Engine {
         s.sleeping = false;
         s.noop_sent = false;
         self.promote_due(now, out);
+        if self.assign_next(conn, kind, now, out) {
+            return;
+        }
+        if self.config.grab_hold_ms > 0 {
+            self.hold_grab(conn, kind, now);
+        } else {
+            out.packet(conn, Command::NoJob, &[]);
+        }
+    }
+
+    /// Assigns `conn` the next job of its functions, if there is one.
+    fn assign_next(&mut self, conn: ConnId, kind: Command, now: NowMs, out: &mut dyn Outbox) -> bool {
         let mut cursor = self.candidates(conn);
         while let Some(fid) = self.next_candidate(conn, &mut cursor) {
             if let Some(jid) = self.take_queued(fid, out) {
@@ -136,10 +148,86 @@ impl Engine {
                     }
                 }
                 self.assign(conn, jid, kind, now, out);
-                return;
+                return true;
             }
         }
-        out.packet(conn, Command::NoJob, &[]);
+        false
+    }
+
+    /// Leaves a GRAB_JOB that found nothing unanswered for `--grab-hold`: the worker
+    /// is filed first among its functions' sleepers, and the next job queued for one
+    /// of them is its answer (`answer_woken_grabs`); NO_JOB when the hold ends
+    /// (`end_due_holds`) or when the worker sends anything else.
+    fn hold_grab(&mut self, conn: ConnId, kind: Command, now: NowMs) {
+        self.drop_stale_holds();
+        self.add_sleeper(conn, true);
+        let Some(s) = self.sessions.get_mut(conn) else { return };
+        s.held_grab = Some(kind);
+        let until = now.saturating_add(i64::from(self.config.grab_hold_ms));
+        self.held_until.push_back((until, conn, s.sleep_gen));
+    }
+
+    /// Answers a held GRAB_JOB of `conn` with NO_JOB, if it has one.
+    pub(crate) fn release_held_grab(&mut self, conn: ConnId, out: &mut dyn Outbox) {
+        let Some(s) = self.sessions.get_mut(conn) else { return };
+        if s.held_grab.take().is_some() {
+            s.sleeping = false;
+            s.noop_sent = false;
+            out.packet(conn, Command::NoJob, &[]);
+        }
+    }
+
+    /// Answers the held GRAB_JOBs whose hold is over with NO_JOB.
+    pub(crate) fn end_due_holds(&mut self, now: NowMs, out: &mut dyn Outbox) {
+        while let Some(&(until, conn, generation)) = self.held_until.front() {
+            if until > now {
+                break;
+            }
+            self.held_until.pop_front();
+            let held =
+                self.sessions.get(conn).is_some_and(|s| s.held_grab.is_some() && s.sleep_gen == generation);
+            if held {
+                self.release_held_grab(conn, out);
+            }
+        }
+        self.drop_stale_holds();
+    }
+
+    /// Drops deadlines of holds answered early from the front, so that the next
+    /// deadline the server sleeps to is a live one.
+    fn drop_stale_holds(&mut self) {
+        while let Some(&(_, conn, generation)) = self.held_until.front() {
+            let live =
+                self.sessions.get(conn).is_some_and(|s| s.held_grab.is_some() && s.sleep_gen == generation);
+            if live {
+                break;
+            }
+            self.held_until.pop_front();
+        }
+    }
+
+    /// Answers the held GRAB_JOBs that newly queued jobs woke, each with a job of its
+    /// functions (NO_JOB in the rare case that another worker got there first). Runs
+    /// at the end of every engine entry point that can queue a job.
+    pub(crate) fn answer_woken_grabs(&mut self, now: NowMs, out: &mut dyn Outbox) {
+        if self.held_woken.is_empty() {
+            return;
+        }
+        // Taken and given back, so the list keeps its allocation; assigning never
+        // queues a job, so nothing is added meanwhile.
+        let mut woken = std::mem::take(&mut self.held_woken);
+        for &conn in &woken {
+            let Some(s) = self.sessions.get_mut(conn) else { continue };
+            let Some(kind) = s.held_grab.take() else { continue };
+            s.sleeping = false;
+            s.noop_sent = false;
+            if !self.assign_next(conn, kind, now, out) {
+                out.packet(conn, Command::NoJob, &[]);
+            }
+        }
+        woken.clear();
+        self.held_woken = woken;
+        self.drop_stale_holds();
     }
 
     /// Starts a walk over the functions of `conn` that may have work, in the order it

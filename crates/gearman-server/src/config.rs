@@ -207,6 +207,9 @@ pub struct Config {
     /// gearmand's is 0: see `EngineConfig::worker_wakeup`).
     /// Kept as `u32`: gearmand stores it in 8 bits, a bug we do not copy.
     pub worker_wakeup: u32,
+    /// `--grab-hold`: ms a GRAB_JOB that finds no job waits for one before NO_JOB
+    /// (0 = at once, as gearmand; see `EngineConfig::grab_hold_ms`). Ours only.
+    pub grab_hold_ms: u32,
     /// `--ssl`: TLS on the Gear port.
     pub ssl: bool,
     /// `--ssl-ca-file` (env `GEARMAND_CA_CERTIFICATE` wins when set).
@@ -257,6 +260,7 @@ impl Default for Config {
             user: None,
             verbose: Verbose::Error,
             worker_wakeup: 1,
+            grab_hold_ms: 2,
             ssl: false,
             ssl_ca_file: "/etc/ssl/certs/gearmand-ca.pem".into(),
             ssl_certificate: "/etc/ssl/certs/gearmand.pem".into(),
@@ -336,6 +340,7 @@ const OPTIONS: &[Opt] = &[
     value("verbose", None, Some("ERROR"), GENERAL, "Log level: FATAL, ALERT, CRITICAL, ERROR, WARNING, NOTICE, INFO or DEBUG."),
     flag("version", Some('V'), GENERAL, "Show the version and exit."),
     value("worker-wakeup", Some('w'), Some("1"), GENERAL, "Number of sleeping workers woken for each new job. 0 wakes all of them (gearmand's default; ours is 1)."),
+    value("grab-hold", None, Some("2"), GENERAL, "Milliseconds a GRAB_JOB that finds no job waits for one before the server answers NO_JOB. A job that comes meanwhile goes straight to that worker, saving its PRE_SLEEP, NOOP and second GRAB_JOB. 0 answers at once, as gearmand does."),
     Opt {
         long: "check-args",
         short: None,
@@ -882,6 +887,7 @@ fn build_config<F: Fn(&str) -> Option<String>>(m: &Merged<'_>, env: &F) -> Resul
         user: m.string("user"),
         verbose: d.verbose,
         worker_wakeup: m.num("worker-wakeup")?.unwrap_or(d.worker_wakeup),
+        grab_hold_ms: m.num("grab-hold")?.unwrap_or(d.grab_hold_ms),
         ssl: m.flag("ssl"),
         ssl_ca_file: env_nonempty("GEARMAND_CA_CERTIFICATE")
             .or_else(|| m.string("ssl-ca-file"))
@@ -1134,6 +1140,9 @@ mod tests {
             (&["--verbose", "FATAL"], |c| c.verbose == Verbose::Fatal),
             (&["--worker-wakeup=300"], |c| c.worker_wakeup == 300),
             (&["-w", "3"], |c| c.worker_wakeup == 3),
+            (&["--grab-hold=0"], |c| c.grab_hold_ms == 0),
+            (&["--grab-hold", "5"], |c| c.grab_hold_ms == 5),
+            (&[], |c| c.grab_hold_ms == 2),
             (&["--http-port=8081"], |c| c.http_port == 8081),
             (&["--port=4731"], |c| c.port == 4731),
             (&["-p", "0"], |c| c.port == 0),

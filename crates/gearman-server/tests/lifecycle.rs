@@ -656,3 +656,27 @@ fn case_wakeup_one(kind: Kind) {
     assert_eq!(woken(&mut ws), Vec::<usize>::new());
 }
 both!(case_wakeup_one, ours_wakeup_one, real_wakeup_one);
+
+/// `--grab-hold` (ours only; 2 ms by default): a GRAB_JOB that finds nothing is held;
+/// a job submitted meanwhile is its answer, with no NO_JOB, PRE_SLEEP or NOOP between,
+/// and otherwise NO_JOB comes when the hold is over. A packet sent behind a held grab
+/// is answered after that grab's NO_JOB.
+#[test]
+fn ours_held_grab_is_answered_by_the_next_job_or_by_no_job_after_the_hold() {
+    let Some(s) = start(Kind::Ours, &["--grab-hold", "400"]) else { return };
+    let mut w = s.connect();
+    w.can_do("f");
+    w.req(GRAB_JOB, &[]);
+    w.expect_silence(Duration::from_millis(100));
+    let mut c = s.connect();
+    let handle = c.submit(SUBMIT_JOB_BG, "f", "", "x");
+    w.want(JOB_ASSIGN, &[&handle, "f", "x"]);
+    w.req(WORK_COMPLETE, &[&handle, ""]);
+    let held = Instant::now();
+    w.req(GRAB_JOB, &[]);
+    w.want(NO_JOB, &[]);
+    let waited = held.elapsed();
+    assert!(waited >= Duration::from_millis(300), "NO_JOB after {waited:?}, not held");
+    w.req(GRAB_JOB, &[]).req(ECHO_REQ, &["e"]);
+    w.want(NO_JOB, &[]).want(ECHO_RES, &["e"]);
+}

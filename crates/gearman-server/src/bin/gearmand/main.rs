@@ -70,6 +70,7 @@ fn server_config(cfg: &Config) -> ServerConfig {
             handle_prefix: prefix,
             job_retries: cfg.job_retries,
             worker_wakeup: cfg.worker_wakeup,
+            grab_hold_ms: cfg.grab_hold_ms,
             round_robin: cfg.round_robin,
             exceptions: cfg.exceptions,
             verbose: cfg.verbose.as_str().to_string(),
