@@ -325,9 +325,7 @@ async fn worker(
                             bail!("worker got job {id} with wrong function or data: {p:?}");
                         }
                         res.ids.push(id);
-                    } else if !setup.is_ours(function)
-                        || data.len() != setup.payload.len()
-                    {
+                    } else if !setup.is_ours(function) || data.len() != setup.payload.len() {
                         bail!("worker got a job that is not ours: {p:?}");
                     }
                     conn.push(Command::WorkComplete, &[handle, data]);

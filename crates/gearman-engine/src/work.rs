@@ -17,6 +17,20 @@ const MIN_WORK_TIMEOUT_MS: u32 = 1000;
 /// gearmand's handle buffer: WORK_FAIL handles of this size or more are refused.
 const MAX_HANDLE_BYTES: usize = 64;
 
+/// Dead queue entries (cancelled or gone jobs) one GRAB_JOB or PRE_SLEEP discards at
+/// most; the rest are left for the worker's next request.
+pub(crate) const MAX_DISCARDS_PER_REQUEST: usize = 1024;
+
+/// What a look into a worker's queues found.
+enum Head<T> {
+    /// A live job (or, from `assign_next`, one was assigned).
+    Job(T),
+    /// Nothing queued.
+    Empty,
+    /// The discard budget ran out before a live job or the end of the queues.
+    Unfinished,
+}
+
 impl Engine {
     pub(crate) fn can_do(&mut self, conn: ConnId, name: &[u8], timeout_ms: u32) {
         let fid = self.function_id(name);
@@ -104,8 +118,10 @@ impl Engine {
         // mutably) but never changes this connection's abilities.
         let mut cursor = self.candidates(conn);
         let mut has_work = false;
+        let mut budget = MAX_DISCARDS_PER_REQUEST;
         while let Some(fid) = self.next_candidate(conn, &mut cursor) {
-            if self.has_live_job(fid, out) {
+            // Discards left over count as work: the NOOP brings a GRAB_JOB that goes on.
+            if !matches!(self.live_head(fid, &mut budget, out), Head::Empty) {
                 has_work = true;
                 break;
             }
@@ -127,31 +143,38 @@ impl Engine {
         s.sleeping = false;
         s.noop_sent = false;
         self.promote_due(now, out);
-        if self.assign_next(conn, kind, now, out) {
-            return;
-        }
-        if self.config.grab_hold_ms > 0 {
-            self.hold_grab(conn, kind, now);
-        } else {
-            out.packet(conn, Command::NoJob, &[]);
+        match self.assign_next(conn, kind, now, out) {
+            Head::Job(()) => {}
+            // NO_JOB at once, not held: the worker's PRE_SLEEP goes on discarding, and
+            // the NOOP it gets back brings the next GRAB_JOB.
+            Head::Unfinished => out.packet(conn, Command::NoJob, &[]),
+            Head::Empty if self.config.grab_hold_ms > 0 => self.hold_grab(conn, kind, now),
+            Head::Empty => out.packet(conn, Command::NoJob, &[]),
         }
     }
 
-    /// Assigns `conn` the next job of its functions, if there is one.
-    fn assign_next(&mut self, conn: ConnId, kind: Command, now: NowMs, out: &mut dyn Outbox) -> bool {
+    /// Assigns `conn` the next job of its functions, if there is one within
+    /// [`MAX_DISCARDS_PER_REQUEST`] discarded entries.
+    fn assign_next(&mut self, conn: ConnId, kind: Command, now: NowMs, out: &mut dyn Outbox) -> Head<()> {
         let mut cursor = self.candidates(conn);
+        let mut budget = MAX_DISCARDS_PER_REQUEST;
         while let Some(fid) = self.next_candidate(conn, &mut cursor) {
-            if let Some(jid) = self.take_queued(fid, out) {
-                if self.config.round_robin {
-                    if let Some(s) = self.sessions.get_mut(conn) {
-                        s.send_to_back(fid);
+            match self.live_head(fid, &mut budget, out) {
+                Head::Job((prio, jid)) => {
+                    self.pop_head(fid, prio);
+                    if self.config.round_robin {
+                        if let Some(s) = self.sessions.get_mut(conn) {
+                            s.send_to_back(fid);
+                        }
                     }
+                    self.assign(conn, jid, kind, now, out);
+                    return Head::Job(());
                 }
-                self.assign(conn, jid, kind, now, out);
-                return true;
+                Head::Unfinished => return Head::Unfinished,
+                Head::Empty => {}
             }
         }
-        false
+        Head::Empty
     }
 
     /// Leaves a GRAB_JOB that found nothing unanswered for `--grab-hold`: the worker
@@ -221,7 +244,7 @@ impl Engine {
             let Some(kind) = s.held_grab.take() else { continue };
             s.sleeping = false;
             s.noop_sent = false;
-            if !self.assign_next(conn, kind, now, out) {
+            if !matches!(self.assign_next(conn, kind, now, out), Head::Job(())) {
                 out.packet(conn, Command::NoJob, &[]);
             }
         }
@@ -265,26 +288,37 @@ impl Engine {
         }
     }
 
-    /// Whether a function has a queued job a worker would get. Abandoned (cancelled)
-    /// jobs at the head of a queue are discarded on the way, as GRAB_JOB would, and as
-    /// gearmand's peek does: skipping over them instead made every PRE_SLEEP scan all
-    /// of them again (a mass `cancel job` left each PRE_SLEEP linear in queue depth).
-    fn has_live_job(&mut self, fid: FunctionId, out: &mut dyn Outbox) -> bool {
+    /// The first wanted job of a function, highest priority first, as `(priority,
+    /// job)`, left in its queue. Entries of abandoned (cancelled) or gone jobs at the
+    /// heads are discarded on the way, as gearmand's peek and grab do; skipping over them
+    /// instead made every PRE_SLEEP scan all of them again. At most `budget` of them,
+    /// shared by the request's calls: a mass `cancel job` of a million queued jobs
+    /// made the next request discard all of them under the engine lock (0.7 s).
+    fn live_head(
+        &mut self,
+        fid: FunctionId,
+        budget: &mut usize,
+        out: &mut dyn Outbox,
+    ) -> Head<(usize, JobId)> {
         for prio in 0..3 {
             loop {
                 let head = self.functions.get(fid).and_then(|f| f.queues.get(prio)).and_then(|q| q.front());
                 let Some(&(jid, seq)) = head else { break };
-                match self.live_job(jid, seq) {
-                    Some(job) if !job.abandoned => return true,
-                    Some(_) => {
-                        self.pop_head(fid, prio);
-                        self.remove_job(jid, out);
-                    }
-                    None => self.pop_head(fid, prio),
+                let live = self.live_job(jid, seq).map(|j| !j.abandoned);
+                if live == Some(true) {
+                    return Head::Job((prio, jid));
+                }
+                if *budget == 0 {
+                    return Head::Unfinished;
+                }
+                *budget -= 1;
+                self.pop_head(fid, prio);
+                if live == Some(false) {
+                    self.remove_job(jid, out);
                 }
             }
         }
-        false
+        Head::Empty
     }
 
     fn pop_head(&mut self, fid: FunctionId, prio: usize) {
@@ -292,25 +326,6 @@ impl Engine {
             q.pop_front();
         }
         self.unready_if_empty(fid);
-    }
-
-    /// Pops the first wanted job of a function, highest priority first, discarding
-    /// abandoned jobs on the way (gearmand discards them at this point too).
-    fn take_queued(&mut self, fid: FunctionId, out: &mut dyn Outbox) -> Option<JobId> {
-        for prio in 0..3 {
-            loop {
-                let entry = self.functions.get_mut(fid)?.queues.get_mut(prio)?.pop_front();
-                let Some((jid, seq)) = entry else { break };
-                self.unready_if_empty(fid);
-                let Some(job) = self.live_job(jid, seq) else { continue };
-                if job.abandoned {
-                    self.remove_job(jid, out);
-                    continue;
-                }
-                return Some(jid);
-            }
-        }
-        None
     }
 
     fn assign(&mut self, conn: ConnId, jid: JobId, kind: Command, now: NowMs, out: &mut dyn Outbox) {
@@ -434,6 +449,7 @@ enum Candidates {
 mod tests {
     use gearman_proto::{Command, Magic, Packet};
 
+    use super::MAX_DISCARDS_PER_REQUEST;
     use crate::{ConnId, Engine, EngineConfig, NowMs, PeerInfo, RecordingOutbox, Sent};
 
     const NOW: NowMs = 1_700_000_000_000;
@@ -475,5 +491,45 @@ mod tests {
             send(&mut e, &mut out, w, Command::GrabJob, &[]),
             vec![Sent::Packet(w, Command::NoJob, vec![])]
         );
+    }
+
+    #[test]
+    fn a_mass_cancel_is_discarded_a_bounded_slice_per_request() {
+        let config = EngineConfig { handle_prefix: "H:t".into(), grab_hold_ms: 2, ..EngineConfig::default() };
+        let (mut e, mut out) = (Engine::new(config), RecordingOutbox::default());
+        let c = e.connect(PeerInfo { label: 0, ip: "127.0.0.1".into() });
+        let w = e.connect(PeerInfo { label: 1, ip: "127.0.0.1".into() });
+        send(&mut e, &mut out, w, Command::CanDo, &[b"f"]);
+        let dead = 2 * MAX_DISCARDS_PER_REQUEST + 10;
+        // Straight into the engine: `send` checks every invariant, O(jobs) each time.
+        let submit = Packet::new(Magic::Req, Command::SubmitJobBg, &[b"f", b"", b"x"]).expect("valid layout");
+        for _ in 0..dead {
+            e.handle_packet(c, &submit, NOW, &mut out);
+        }
+        send(&mut e, &mut out, c, Command::SubmitJobBg, &[b"f", b"", b"live"]);
+        for i in 1..=dead {
+            e.handle_admin(c, format!("cancel job H:t:{i}").as_bytes(), &mut out);
+        }
+        out.take();
+        // Each request discards one slice and says so the usual way: NO_JOB at once
+        // (not held), then NOOP after PRE_SLEEP, so the worker comes back for more.
+        assert_eq!(
+            send(&mut e, &mut out, w, Command::GrabJob, &[]),
+            vec![Sent::Packet(w, Command::NoJob, vec![])]
+        );
+        assert_eq!(e.job_count(), dead + 1 - MAX_DISCARDS_PER_REQUEST);
+        assert_eq!(
+            send(&mut e, &mut out, w, Command::PreSleep, &[]),
+            vec![Sent::Packet(w, Command::Noop, vec![])]
+        );
+        assert_eq!(e.job_count(), 11);
+        let assigned = send(&mut e, &mut out, w, Command::GrabJob, &[]);
+        let handle = format!("H:t:{}", dead + 1).into_bytes();
+        assert_eq!(
+            assigned,
+            vec![Sent::Packet(w, Command::JobAssign, vec![handle, b"f".to_vec(), b"live".to_vec()])]
+        );
+        assert_eq!(e.job_count(), 1);
+        e.check_invariants().expect("invariants hold");
     }
 }
