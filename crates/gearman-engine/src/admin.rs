@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use gearman_proto::Command;
 
 use crate::function::FunctionId;
-use crate::job::{strtol, CoalesceKey, JobState};
+use crate::job::{strtol, JobState};
 use crate::{ConnId, Engine, Outbox};
 
 /// gearmand closes the connection on a line with more tokens than this.
@@ -216,6 +216,9 @@ impl Engine {
 
     fn admin_cancel(&mut self, handle: &[u8], out: &mut dyn Outbox) -> Vec<u8> {
         let Some(jid) = self.job_by_handle(handle) else { return b"ERR UNKNOWN_JOB\r\n".to_vec() };
+        // A job with a unique stays in `by_unique` (GET_STATUS_UNIQUE still finds it),
+        // where clearing `coalescing` alone keeps submits from joining it.
+        let data_hash = self.jobs.get(jid).and_then(|j| self.data_key_hash(j));
         let Some(job) = self.jobs.get_mut(jid) else { return b"ERR UNKNOWN_JOB\r\n".to_vec() };
         // A cancelled job still held can be cancelled again (`OK`), as in gearmand.
         if !job.abandoned {
@@ -226,12 +229,6 @@ impl Engine {
         // nowhere (gearmand keeps forwarding them after the WORK_FAIL: §2.9 [bug]).
         let listeners = std::mem::take(&mut job.listeners);
         let (seq, state) = (job.seq, job.state);
-        // A job with a unique stays in `by_unique` (GET_STATUS_UNIQUE still finds it),
-        // where the flag alone keeps submits from joining it.
-        let data_hash = match job.coalesce_key() {
-            Some(CoalesceKey::Data(data)) => Some(self.by_data.hash(&(job.function, data))),
-            _ => None,
-        };
         job.coalescing = false;
         for c in listeners {
             out.packet(c, Command::WorkFail, &[handle]);

@@ -92,6 +92,26 @@ pub(crate) fn has_status_unique(unique: &[u8]) -> bool {
     !unique.is_empty() && unique != b"-"
 }
 
+/// Marks a sleeper picked for a queued job as woken: a NOOP, or for a held GRAB_JOB
+/// a place in `held_woken`, to be answered with the job.
+fn wake(s: &mut Session, w: ConnId, held_woken: &mut Vec<ConnId>, out: &mut dyn Outbox) {
+    s.noop_sent = true;
+    if s.held_grab.is_some() {
+        held_woken.push(w);
+    } else {
+        out.packet(w, Command::Noop, &[]);
+    }
+}
+
+/// Files a sleeper entry at the back of a sleeper queue, or `first` in line.
+fn file_sleeper(queue: &mut VecDeque<(ConnId, u64)>, entry: (ConnId, u64), first: bool) {
+    if first {
+        queue.push_front(entry);
+    } else {
+        queue.push_back(entry);
+    }
+}
+
 /// Workers with more functions than this sleep in [`Engine::wide_sleepers`] and are
 /// served from [`Engine::ready`]; below it, walking their functions is cheaper.
 pub(crate) const WIDE_WORKER_ABILITIES: usize = 32;
@@ -156,9 +176,8 @@ impl Engine {
         }
         if session.sleeping && session.noop_sent {
             let functions: Vec<FunctionId> = session.abilities.iter().map(|a| a.function).collect();
-            self.pass_on_wakeup(&functions, out);
+            self.pass_on_wakeup(&functions, now, out);
         }
-        self.answer_woken_grabs(now, out);
     }
 
     /// The job a handle names, if it is live.
@@ -190,11 +209,6 @@ impl Engine {
         // Replies go out in request order: a held GRAB_JOB is answered before anything
         // that came after it.
         self.release_held_grab(conn, out);
-        self.dispatch(conn, packet, now, out);
-        self.answer_woken_grabs(now, out);
-    }
-
-    fn dispatch(&mut self, conn: ConnId, packet: &Packet, now: NowMs, out: &mut dyn Outbox) {
         if packet.magic == Magic::Res {
             error(out, conn, "INVALID_MAGIC", "Request magic expected");
             return;
@@ -305,7 +319,6 @@ impl Engine {
                 self.requeue_lost(jid, seq, now, out);
             }
         }
-        self.answer_woken_grabs(now, out);
     }
 
     /// When [`Engine::tick`] next has work to do, if ever.
@@ -334,7 +347,7 @@ impl Engine {
             if let Some(job) = self.jobs.get_mut(jid) {
                 job.since_ms = now;
             }
-            self.enqueue(jid, out);
+            self.enqueue(jid, now, out);
         }
     }
 
@@ -363,7 +376,7 @@ impl Engine {
     }
 
     /// Puts a job at the tail of its priority queue and wakes sleeping workers.
-    pub(crate) fn enqueue(&mut self, jid: JobId, out: &mut dyn Outbox) {
+    pub(crate) fn enqueue(&mut self, jid: JobId, now: NowMs, out: &mut dyn Outbox) {
         let Some(job) = self.jobs.get_mut(jid) else { return };
         job.state = JobState::Queued;
         let (fid, prio, seq) = (job.function, job.priority.index(), job.seq);
@@ -371,7 +384,7 @@ impl Engine {
             q.push_back((jid, seq));
         }
         self.mark_ready(fid);
-        self.wake_sleepers(fid, out);
+        self.wake_sleepers(fid, now, out);
     }
 
     /// `fid` has queued jobs now: files it in [`Engine::ready`] and tells its wide
@@ -404,10 +417,18 @@ impl Engine {
         }
     }
 
-    /// Sends NOOP to sleeping workers of `fid` that were not woken yet, longest
-    /// asleep first, stopping after `--worker-wakeup` of them (0 = all of them, as
-    /// gearmand's default; our default is 1, see `EngineConfig::worker_wakeup`).
-    pub(crate) fn wake_sleepers(&mut self, fid: FunctionId, out: &mut dyn Outbox) {
+    /// Wakes sleeping workers of `fid` that were not woken yet, longest asleep first
+    /// (held GRAB_JOBs before them), stopping after `--worker-wakeup` of them (0 = all
+    /// of them, as gearmand's default; our default is 1, see
+    /// `EngineConfig::worker_wakeup`): a NOOP each, or for a held GRAB_JOB, a job.
+    pub(crate) fn wake_sleepers(&mut self, fid: FunctionId, now: NowMs, out: &mut dyn Outbox) {
+        self.pick_sleepers(fid, out);
+        self.answer_woken_grabs(now, out);
+    }
+
+    /// [`Engine::wake_sleepers`] but for the held GRAB_JOBs, which it only lists in
+    /// [`Engine::held_woken`].
+    fn pick_sleepers(&mut self, fid: FunctionId, out: &mut dyn Outbox) {
         let limit = self.config.worker_wakeup as usize;
         let mut woken = 0usize;
         loop {
@@ -417,12 +438,7 @@ impl Engine {
             if !s.sleeping || s.noop_sent || s.sleep_gen != generation {
                 continue;
             }
-            s.noop_sent = true;
-            if s.held_grab.is_some() {
-                self.held_woken.push(w);
-            } else {
-                out.packet(w, Command::Noop, &[]);
-            }
+            wake(s, w, &mut self.held_woken, out);
             woken += 1;
             if limit > 0 && woken >= limit {
                 return;
@@ -447,12 +463,7 @@ impl Engine {
             if (!all && left == 0) || !s.can(fid) {
                 return true;
             }
-            s.noop_sent = true;
-            if s.held_grab.is_some() {
-                held_woken.push(w);
-            } else {
-                out.packet(w, Command::Noop, &[]);
-            }
+            wake(s, w, held_woken, out);
             left = left.saturating_sub(1);
             false
         });
@@ -470,11 +481,7 @@ impl Engine {
         s.sleep_gen = generation;
         let Some(s) = self.sessions.get(conn) else { return };
         if s.wide {
-            if first {
-                self.wide_sleepers.push_front((conn, generation));
-            } else {
-                self.wide_sleepers.push_back((conn, generation));
-            }
+            file_sleeper(&mut self.wide_sleepers, (conn, generation), first);
             if self.wide_sleepers.len() > 2 * self.sessions.len() + 16 {
                 let sessions = &self.sessions;
                 self.wide_sleepers.retain(|&(w, g)| {
@@ -485,11 +492,7 @@ impl Engine {
         }
         for a in &s.abilities {
             let Some(f) = self.functions.get_mut(a.function) else { continue };
-            if first {
-                f.sleepers.push_front((conn, generation));
-            } else {
-                f.sleepers.push_back((conn, generation));
-            }
+            file_sleeper(&mut f.sleepers, (conn, generation), first);
             // Amortised O(1): compaction runs only after the queue doubled past the
             // number of registered workers.
             if f.sleepers.len() > 2 * f.workers.len() + 16 {
@@ -504,11 +507,11 @@ impl Engine {
     /// A worker that was woken but left (or dropped functions) before it grabbed:
     /// its wake-up is passed on, so queued jobs of those functions are not left
     /// waiting for a NOOP that went nowhere.
-    pub(crate) fn pass_on_wakeup(&mut self, functions: &[FunctionId], out: &mut dyn Outbox) {
+    pub(crate) fn pass_on_wakeup(&mut self, functions: &[FunctionId], now: NowMs, out: &mut dyn Outbox) {
         for &fid in functions {
             let has_queued = self.functions.get(fid).is_some_and(|f| f.queues.iter().any(|q| !q.is_empty()));
             if has_queued {
-                self.wake_sleepers(fid, out);
+                self.wake_sleepers(fid, now, out);
             }
         }
     }
@@ -523,9 +526,23 @@ impl Engine {
         }
     }
 
-    /// The hash a coalescing `-` job is filed under in [`Engine::by_data`].
+    /// The hash a coalescing `-` job of `fid` with `data` is filed under in
+    /// [`Engine::by_data`].
     pub(crate) fn data_hash(&self, fid: FunctionId, data: &[u8]) -> u64 {
         self.by_data.hash(&(fid, data))
+    }
+
+    /// Where `job` is filed in [`Engine::by_data`], if it is a coalescing `-` job.
+    pub(crate) fn data_key_hash(&self, job: &Job) -> Option<u64> {
+        match job.coalesce_key() {
+            Some(CoalesceKey::Data(data)) => Some(self.data_hash(job.function, data)),
+            _ => None,
+        }
+    }
+
+    /// Where `job` is filed in [`Engine::by_unique`], if it has a unique there.
+    pub(crate) fn unique_hash(&self, job: &Job) -> Option<u64> {
+        has_status_unique(&job.unique).then(|| self.by_unique.hash(&job.unique[..]))
     }
 
     /// The newest live job with `unique`, as GET_STATUS_UNIQUE reports.
@@ -543,11 +560,10 @@ impl Engine {
         self.unstore(jid, out);
         let job = self.jobs.remove(jid);
         self.handles.remove(job.seq);
-        if let Some(CoalesceKey::Data(data)) = job.coalesce_key() {
-            self.by_data.remove(self.data_hash(job.function, data), jid);
+        if let Some(hash) = self.data_key_hash(&job) {
+            self.by_data.remove(hash, jid);
         }
-        if has_status_unique(&job.unique) {
-            let hash = self.by_unique.hash(&job.unique[..]);
+        if let Some(hash) = self.unique_hash(&job) {
             self.by_unique.remove(hash, jid);
         }
         if let Some(f) = self.functions.get_mut(job.function) {
@@ -621,7 +637,7 @@ impl Engine {
         if let Some(f) = self.functions.get_mut(fid) {
             f.running = f.running.saturating_sub(1);
         }
-        self.enqueue(jid, out);
+        self.enqueue(jid, now, out);
     }
 
     /// Detaches a listening client from a job; a foreground job nobody waits for any

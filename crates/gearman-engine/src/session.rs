@@ -96,6 +96,19 @@ impl Session {
     }
 
     /// The CAN_DO_TIMEOUT for `function` on this connection (the latest CAN_DO wins).
+    /// Ends a held GRAB_JOB, if there is one: returns its kind, the connection awake.
+    pub(crate) fn take_held_grab(&mut self) -> Option<Command> {
+        let kind = self.held_grab.take()?;
+        self.sleeping = false;
+        self.noop_sent = false;
+        Some(kind)
+    }
+
+    /// Whether the GRAB_JOB held under sleep `generation` is still unanswered.
+    pub(crate) fn holds(&self, generation: u64) -> bool {
+        self.held_grab.is_some() && self.sleep_gen == generation
+    }
+
     pub(crate) fn timeout_for(&self, function: FunctionId) -> u32 {
         self.ranks.get(&function).map_or(0, |r| r.timeout_ms)
     }

@@ -72,7 +72,6 @@ impl Engine {
                 }
             }
         }
-        self.answer_woken_grabs(now, out);
     }
 
     /// A committed job becomes runnable (or waits for its epoch time).
@@ -89,7 +88,7 @@ impl Engine {
             }
             self.epoch_timers.push(Reverse((due_ms, jid, seq, 0)));
         } else {
-            self.enqueue(jid, out);
+            self.enqueue(jid, now, out);
         }
     }
 
@@ -114,7 +113,6 @@ impl Engine {
         }
         self.by_store_key.insert(stored.key, jid);
         self.release_persisted(jid, now, out);
-        self.answer_woken_grabs(now, out);
     }
 
     /// Every background job not in the store yet, given a store key now: what

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use gearman_proto::{Command, Packet};
 
-use crate::engine::{error, has_status_unique};
+use crate::engine::error;
 use crate::function::FunctionId;
 use crate::job::{CoalesceKey, Job, JobExtra, JobId, JobState};
 use crate::session::MAX_CLIENT_ID_BYTES;
@@ -133,7 +133,7 @@ impl Engine {
             }
             self.epoch_timers.push(Reverse((when.saturating_mul(1000), jid, seq, 0)));
         } else {
-            self.enqueue(jid, out);
+            self.enqueue(jid, now, out);
         }
     }
 
@@ -151,19 +151,14 @@ impl Engine {
     ) -> JobId {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
-        let key = CoalesceKey::of(&unique, &data);
-        let data_hash = match key {
-            Some(CoalesceKey::Data(data)) => Some(self.data_hash(fid, data)),
-            _ => None,
-        };
-        let coalescing = key.is_some();
+        let coalescing = CoalesceKey::of(&unique, &data).is_some();
         let extra = (!reducer.is_empty() || when != 0)
             .then(|| Box::new(JobExtra { reducer, when, ..JobExtra::default() }));
         let job = Job {
             seq,
             function: fid,
             data,
-            unique: unique.clone(),
+            unique,
             listeners: VecDeque::new(),
             extra,
             state: JobState::Queued,
@@ -176,13 +171,13 @@ impl Engine {
             abandoned: false,
             coalescing,
         };
+        let (data_hash, unique_hash) = (self.data_key_hash(&job), self.unique_hash(&job));
         let jid = self.jobs.insert(Box::new(job));
         self.handles.insert(seq, jid);
         if let Some(hash) = data_hash {
             self.by_data.insert(hash, jid);
         }
-        if has_status_unique(&unique) {
-            let hash = self.by_unique.hash(&unique[..]);
+        if let Some(hash) = unique_hash {
             self.by_unique.insert(hash, jid);
         }
         if let Some(f) = self.functions.get_mut(fid) {

@@ -8,6 +8,7 @@ use gearman_proto::{Command, Packet};
 use crate::engine::error;
 use crate::function::FunctionId;
 use crate::job::{atoi_u32, JobId, JobState};
+use crate::session::Session;
 use crate::submit::strip_trailing_nul;
 use crate::{ConnId, Engine, NowMs, Outbox};
 
@@ -105,7 +106,7 @@ impl Engine {
             self.requeue_lost(jid, seq, now, out);
         }
         if woken_not_grabbed {
-            self.pass_on_wakeup(&dropped, out);
+            self.pass_on_wakeup(&dropped, now, out);
         }
     }
 
@@ -192,10 +193,7 @@ impl Engine {
 
     /// Answers a held GRAB_JOB of `conn` with NO_JOB, if it has one.
     pub(crate) fn release_held_grab(&mut self, conn: ConnId, out: &mut dyn Outbox) {
-        let Some(s) = self.sessions.get_mut(conn) else { return };
-        if s.held_grab.take().is_some() {
-            s.sleeping = false;
-            s.noop_sent = false;
+        if self.sessions.get_mut(conn).and_then(Session::take_held_grab).is_some() {
             out.packet(conn, Command::NoJob, &[]);
         }
     }
@@ -207,9 +205,7 @@ impl Engine {
                 break;
             }
             self.held_until.pop_front();
-            let held =
-                self.sessions.get(conn).is_some_and(|s| s.held_grab.is_some() && s.sleep_gen == generation);
-            if held {
+            if self.sessions.get(conn).is_some_and(|s| s.holds(generation)) {
                 self.release_held_grab(conn, out);
             }
         }
@@ -220,9 +216,7 @@ impl Engine {
     /// deadline the server sleeps to is a live one.
     fn drop_stale_holds(&mut self) {
         while let Some(&(_, conn, generation)) = self.held_until.front() {
-            let live =
-                self.sessions.get(conn).is_some_and(|s| s.held_grab.is_some() && s.sleep_gen == generation);
-            if live {
+            if self.sessions.get(conn).is_some_and(|s| s.holds(generation)) {
                 break;
             }
             self.held_until.pop_front();
@@ -230,8 +224,7 @@ impl Engine {
     }
 
     /// Answers the held GRAB_JOBs that newly queued jobs woke, each with a job of its
-    /// functions (NO_JOB in the rare case that another worker got there first). Runs
-    /// at the end of every engine entry point that can queue a job.
+    /// functions (NO_JOB in the rare case that another worker got there first).
     pub(crate) fn answer_woken_grabs(&mut self, now: NowMs, out: &mut dyn Outbox) {
         if self.held_woken.is_empty() {
             return;
@@ -240,10 +233,7 @@ impl Engine {
         // queues a job, so nothing is added meanwhile.
         let mut woken = std::mem::take(&mut self.held_woken);
         for &conn in &woken {
-            let Some(s) = self.sessions.get_mut(conn) else { continue };
-            let Some(kind) = s.held_grab.take() else { continue };
-            s.sleeping = false;
-            s.noop_sent = false;
+            let Some(kind) = self.sessions.get_mut(conn).and_then(Session::take_held_grab) else { continue };
             if !matches!(self.assign_next(conn, kind, now, out), Head::Job(())) {
                 out.packet(conn, Command::NoJob, &[]);
             }
