@@ -216,9 +216,8 @@ impl Engine {
 
     fn admin_cancel(&mut self, handle: &[u8], out: &mut dyn Outbox) -> Vec<u8> {
         let Some(jid) = self.job_by_handle(handle) else { return b"ERR UNKNOWN_JOB\r\n".to_vec() };
-        // A job with a unique stays in `by_unique` (GET_STATUS_UNIQUE still finds it),
-        // where clearing `coalescing` alone keeps submits from joining it.
-        let data_hash = self.jobs.get(jid).and_then(|j| self.data_key_hash(j));
+        // A new submit with the same unique must start a new job, not join this one.
+        self.stop_coalescing(jid);
         let Some(job) = self.jobs.get_mut(jid) else { return b"ERR UNKNOWN_JOB\r\n".to_vec() };
         // A cancelled job still held can be cancelled again (`OK`), as in gearmand.
         if !job.abandoned {
@@ -229,7 +228,6 @@ impl Engine {
         // nowhere (gearmand keeps forwarding them after the WORK_FAIL: §2.9 [bug]).
         let listeners = std::mem::take(&mut job.listeners);
         let (seq, state) = (job.seq, job.state);
-        job.coalescing = false;
         for c in listeners {
             out.packet(c, Command::WorkFail, &[handle]);
             self.unlisten(c, jid, seq);
@@ -238,10 +236,6 @@ impl Engine {
         // job still being stored is forgotten when a worker reaches and discards it.
         if state != JobState::Persisting {
             self.unstore(jid, out);
-        }
-        // A new submit with the same unique must start a new job, not join this one.
-        if let Some(hash) = data_hash {
-            self.by_data.remove(hash, jid);
         }
         if state == JobState::Scheduled {
             // Nothing will ever reach a scheduled job through a queue: drop it now.

@@ -526,6 +526,19 @@ impl Engine {
         }
     }
 
+    /// Keeps later submits from joining `jid`: they start a new job. A job with a
+    /// unique stays in `by_unique` (GET_STATUS_UNIQUE still finds it), where clearing
+    /// `coalescing` alone keeps submits away; a `-` job leaves `by_data`.
+    pub(crate) fn stop_coalescing(&mut self, jid: JobId) {
+        let data_hash = self.jobs.get(jid).and_then(|j| self.data_key_hash(j));
+        if let Some(job) = self.jobs.get_mut(jid) {
+            job.coalescing = false;
+        }
+        if let Some(hash) = data_hash {
+            self.by_data.remove(hash, jid);
+        }
+    }
+
     /// The hash a coalescing `-` job of `fid` with `data` is filed under in
     /// [`Engine::by_data`].
     pub(crate) fn data_hash(&self, fid: FunctionId, data: &[u8]) -> u64 {

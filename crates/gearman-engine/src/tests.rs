@@ -406,6 +406,41 @@ impl Harness {
 // Job lifecycle
 // ---------------------------------------------------------------------------------
 
+/// The server may drop a result's data unread only when nobody listens to the job:
+/// a background job, or a foreground one whose clients all left; never the data of
+/// a job that runs on another worker. Once it may, later submits with the job's
+/// unique start a new job, as they would once the result was in.
+#[test]
+fn result_data_is_dropped_only_for_jobs_of_this_worker_that_nobody_listens_to() {
+    let mut h = Harness::new();
+    let (c, c2, w, other) = (h.connect(), h.connect(), h.connect(), h.connect());
+    h.can_do(w, "f");
+    h.can_do(other, "f");
+    h.submit_ok(c, Command::SubmitJobBg, "f", "u1", "bg", "H:t:1");
+    h.submit_ok(c, Command::SubmitJob, "f", "u2", "fg", "H:t:2");
+    assert!(!h.e.drop_result_data(w, b"H:t:1"), "not assigned yet");
+    assert!(!h.e.runs_only_unwanted_results(w), "runs nothing");
+    assert_eq!(h.grab(w), vec![assign(w, "H:t:1", "f", "bg")]);
+    assert!(!h.e.drop_result_data(other, b"H:t:1"), "another worker's job");
+    assert!(!h.e.drop_result_data(w, b"H:t:9"), "no such job");
+    assert!(h.e.runs_only_unwanted_results(w));
+    assert!(h.e.drop_result_data(w, b"H:t:1\0"), "a trailing NUL names the same job");
+    h.submit_ok(c2, Command::SubmitJob, "f", "u1", "again", "H:t:3");
+    assert_eq!(h.grab(w), vec![assign(w, "H:t:2", "f", "fg")]);
+    assert!(!h.e.drop_result_data(w, b"H:t:2"), "its client listens");
+    assert!(!h.e.runs_only_unwanted_results(w));
+    h.submit_ok(c2, Command::SubmitJob, "f", "u2", "fg", "H:t:2");
+    h.disconnect(c);
+    h.disconnect(c2);
+    assert!(h.e.runs_only_unwanted_results(w), "its clients left");
+    assert!(h.e.drop_result_data(w, b"H:t:2"));
+    // The results, their data dropped, complete the jobs as usual.
+    assert_eq!(h.complete(w, "H:t:2", ""), vec![]);
+    assert_eq!(h.complete(w, "H:t:1", ""), vec![]);
+    assert!(!h.e.runs_only_unwanted_results(w));
+    assert_eq!(h.admin_text("status"), "f\t1\t0\t2\n.\n");
+}
+
 #[test]
 fn lifecycle_submit_grab_forward_complete() {
     let mut h = Harness::new();

@@ -352,6 +352,31 @@ impl Engine {
         }
     }
 
+    /// Whether the data of a result that `conn` is sending for the job `handle` can
+    /// be dropped unread: the job runs on `conn` and no client listens to it (a
+    /// background job, or one whose submitters all left). If so, later submits stop
+    /// joining the job, as if it had completed already: a client that joined while
+    /// the data was being dropped would get the result without it. The result itself
+    /// (with empty data) must still be handled.
+    pub fn drop_result_data(&mut self, conn: ConnId, handle: &[u8]) -> bool {
+        let droppable = self.job_by_handle(strip_trailing_nul(handle)).filter(|&j| {
+            self.jobs.get(j).is_some_and(|j| j.state == JobState::Running(conn) && j.listeners.is_empty())
+        });
+        let Some(jid) = droppable else { return false };
+        self.stop_coalescing(jid);
+        true
+    }
+
+    /// Whether `conn` runs jobs and nobody listens to the results of any of them: a
+    /// hint that its next large result need not be read (see `drop_result_data`).
+    pub fn runs_only_unwanted_results(&self, conn: ConnId) -> bool {
+        let Some(s) = self.sessions.get(conn) else { return false };
+        !s.running.is_empty()
+            && s.running
+                .iter()
+                .all(|&(jid, seq)| self.jobs.get(jid).is_some_and(|j| j.seq == seq && j.listeners.is_empty()))
+    }
+
     pub(crate) fn work_result(&mut self, conn: ConnId, p: &Packet, now: NowMs, out: &mut dyn Outbox) {
         let raw_handle = p.arg(0);
         let handle = strip_trailing_nul(raw_handle);

@@ -165,6 +165,17 @@ commands! {
     StatusResUnique = 42, "STATUS_RES_UNIQUE", 6, false, Server;
 }
 
+impl Command {
+    /// A worker's result whose last argument is data for the job's clients:
+    /// WORK_COMPLETE, WORK_DATA, WORK_WARNING, WORK_EXCEPTION.
+    pub fn carries_result_data(self) -> bool {
+        matches!(
+            self,
+            Command::WorkComplete | Command::WorkData | Command::WorkWarning | Command::WorkException
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

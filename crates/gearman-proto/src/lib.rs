@@ -11,6 +11,7 @@ mod encode;
 mod error;
 mod packet;
 mod priority;
+mod result_head;
 
 pub use command::{ArgLayout, Command, Sender};
 pub use decode::{
@@ -20,3 +21,4 @@ pub use encode::{encode, encode_parts, encode_prefix, encoded_len};
 pub use error::ProtoError;
 pub use packet::{Magic, Packet, HEADER_BYTES};
 pub use priority::Priority;
+pub use result_head::{cut_result_data, result_head, ResultHead};

@@ -1,12 +1,14 @@
 //! One client/worker connection: a reader that decodes frames and runs them through
 //! the engine in batches, and a writer that drains the connection's outbound buffer.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use gearman_engine::{ConnId, PeerInfo};
-use gearman_proto::{decode, Frame, Limits, ProtoError, HEADER_BYTES};
+use gearman_proto::{decode, Command, Frame, Limits, ProtoError, ResultHead, HEADER_BYTES};
 use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +26,14 @@ const FAIR_SHARE_BYTES: usize = READ_CHUNK_BYTES;
 
 /// Largest read buffer sized for a run of large packets (see [`read_chunk`]).
 const MAX_LARGE_CHUNK_BYTES: usize = 256 * 1024;
+
+/// A result whose unread data is at least this large, and that nobody listens to, has
+/// that data dropped by the kernel instead of read (see [`discard`]).
+const DISCARD_MIN_BYTES: usize = 16 * 1024;
+
+/// What a worker is read at a time while its large results go nowhere: enough for the
+/// head of the next result (and a few small packets), so that its data can be dropped.
+const HEAD_READ_BYTES: usize = 4 * 1024;
 
 /// The size of the next read buffer, given the size of the latest packet (header
 /// included). Packets larger than the usual chunk get a buffer that holds a whole
@@ -110,6 +120,11 @@ pub(crate) async fn serve(
     // Size of the latest packet seen (header included), for sizing read buffers.
     let mut packet_len = 0;
     let mut read_since_yield = 0;
+    // Size of the latest result (WORK_COMPLETE and the like) seen, header included.
+    let mut result_len = 0;
+    // Whether the next read takes only a head (see [`HEAD_READ_BYTES`]): this is a
+    // worker whose latest result was large and whose running jobs nobody listens to.
+    let mut head_only = false;
     loop {
         if buf.is_empty() && buf.capacity() > MAX_IDLE_BUFFER_BYTES {
             buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -128,22 +143,34 @@ pub(crate) async fn serve(
             }
         }
         let n = tokio::select! {
-            r = rd.read_buf(&mut buf) => r,
+            r = read_some(&mut rd, &mut buf, head_only) => r,
             _ = done.cancelled() => break,
         };
         match n {
             Ok(0) | Err(_) => break,
             Ok(n) => read_since_yield += n,
         }
-        let Some(largest) = run_frames(&shared, conn, &mut buf, &limits.frames) else {
+        let Some(mut ran) = run_frames(&shared, conn, &mut buf, &limits.frames) else {
             break;
         };
+        if let Some(head) = unwanted_result(&shared, conn, &buf) {
+            let cut = tokio::select! {
+                r = discard_result_data(&shared, conn, &rd, &mut buf, &limits.frames, head) => r,
+                _ = done.cancelled() => break,
+            };
+            let Some(cut) = cut else { break };
+            ran = cut;
+        }
         // The packet now arriving if its header is in, else the largest just run.
         match gearman_proto::pending_packet_len(&buf) {
             Some(n) => packet_len = n,
-            None if largest > 0 => packet_len = largest,
+            None if ran.largest > 0 => packet_len = ran.largest,
             None => {}
         }
+        if ran.largest_result > 0 {
+            result_len = ran.largest_result;
+        }
+        head_only = ran.results_unwanted && result_len >= DISCARD_MIN_BYTES;
         if outbound.is_closing() {
             break;
         }
@@ -168,21 +195,38 @@ pub(crate) async fn serve(
     tracing::info!("Disconnected {}", peer.ip);
 }
 
+/// What [`run_frames`] ran.
+#[derive(Debug, Clone, Copy)]
+struct Ran {
+    /// Size of the largest packet run (header included; 0 when there was none).
+    largest: usize,
+    /// The same among results: WORK_COMPLETE, WORK_DATA, WORK_WARNING, WORK_EXCEPTION.
+    largest_result: usize,
+    /// Afterwards, the connection runs jobs and nobody listens to their results.
+    results_unwanted: bool,
+}
+
 /// Decodes every complete frame in `buf` and runs them under one engine lock.
-/// Returns the size of the largest packet run (header included; 0 when there was
-/// none), or `None` when the connection must close (framing error).
-fn run_frames(shared: &Shared, conn: ConnId, buf: &mut BytesMut, limits: &Limits) -> Option<usize> {
+/// Returns `None` when the connection must close (framing error).
+fn run_frames(shared: &Shared, conn: ConnId, buf: &mut BytesMut, limits: &Limits) -> Option<Ran> {
     shared.with_engine(|engine, out| {
         let now = now_ms();
-        let mut largest = 0;
+        let (mut largest, mut largest_result) = (0, 0);
         loop {
             match decode(buf, limits) {
                 Ok(Some(Frame::Packet(p))) => {
-                    largest = largest.max(HEADER_BYTES + p.body().len());
+                    let len = HEADER_BYTES + p.body().len();
+                    largest = largest.max(len);
+                    if p.command.carries_result_data() {
+                        largest_result = largest_result.max(len);
+                    }
                     engine.handle_packet(conn, &p, now, out);
                 }
                 Ok(Some(Frame::AdminLine(line))) => engine.handle_admin(conn, &line, out),
-                Ok(None) => return Some(largest),
+                Ok(None) => {
+                    let results_unwanted = engine.runs_only_unwanted_results(conn);
+                    return Some(Ran { largest, largest_result, results_unwanted });
+                }
                 Err(e) => {
                     reject(conn, &e, out);
                     return None;
@@ -192,13 +236,104 @@ fn run_frames(shared: &Shared, conn: ConnId, buf: &mut BytesMut, limits: &Limits
     })
 }
 
+/// Reads what the socket has into `buf`; only a head's worth when `head_only` and
+/// nothing is buffered, so that a large result's data is left in the socket.
+async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut, head_only: bool) -> std::io::Result<usize> {
+    if head_only && buf.is_empty() {
+        (&mut *rd).take(HEAD_READ_BYTES as u64).read_buf(buf).await
+    } else {
+        rd.read_buf(buf).await
+    }
+}
+
+/// The head of the result packet that `buf` holds (and nothing after it) if its data
+/// is large and not in yet and goes nowhere: the job runs on `conn` and nobody
+/// listens to it. `None` on other systems than Linux, where [`discard`] is not
+/// available.
+fn unwanted_result(shared: &Shared, conn: ConnId, buf: &[u8]) -> Option<UnwantedResult> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let ResultHead { handle, packet_len, head_len } = gearman_proto::result_head(buf)?;
+    if packet_len.saturating_sub(buf.len()) < DISCARD_MIN_BYTES {
+        return None;
+    }
+    let unwanted = shared.core.lock().engine.drop_result_data(conn, handle);
+    unwanted.then_some(UnwantedResult { packet_len, head_len })
+}
+
+/// Where the data of a result found by [`unwanted_result`] ends and starts.
+#[derive(Debug, Clone, Copy)]
+struct UnwantedResult {
+    /// Size of the whole packet, header included.
+    packet_len: usize,
+    /// Header, handle and its NUL.
+    head_len: usize,
+}
+
+/// Drops the data of `head`'s result that is not in `buf` yet as it arrives, then
+/// runs the result with its data cut off. `None` when the connection must close.
+async fn discard_result_data(
+    shared: &Shared,
+    conn: ConnId,
+    rd: &OwnedReadHalf,
+    buf: &mut BytesMut,
+    limits: &Limits,
+    head: UnwantedResult,
+) -> Option<Ran> {
+    let unread = head.packet_len.saturating_sub(buf.len());
+    discard(rd, unread).await.ok()?;
+    shared.dropped_result_bytes.fetch_add(unread as u64, Ordering::Relaxed);
+    gearman_proto::cut_result_data(buf, head.head_len);
+    let ran = run_frames(shared, conn, buf, limits)?;
+    // The size as sent, so that the next read is again a head only.
+    Some(Ran { largest: head.packet_len, largest_result: head.packet_len, ..ran })
+}
+
+/// Drops the next `n` bytes the peer sends without reading them: `recv` with
+/// `MSG_TRUNC` on a TCP socket discards instead of copying (Linux). The scratch
+/// buffer it is given is never written, so its pages are never touched either.
+#[cfg(target_os = "linux")]
+async fn discard(rd: &OwnedReadHalf, mut n: usize) -> std::io::Result<()> {
+    use std::cell::RefCell;
+    use std::mem::MaybeUninit;
+    thread_local! {
+        static SCRATCH: RefCell<Box<[MaybeUninit<u8>]>> =
+            RefCell::new(Box::new_uninit_slice(MAX_LARGE_CHUNK_BYTES));
+    }
+    let stream: &TcpStream = rd.as_ref();
+    while n > 0 {
+        stream.readable().await?;
+        let got = stream.try_io(tokio::io::Interest::READABLE, || {
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                let len = n.min(s.len());
+                let into = s.get_mut(..len).unwrap_or_default();
+                socket2::SockRef::from(stream).recv_with_flags(into, libc::MSG_TRUNC)
+            })
+        });
+        match got {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(k) => n = n.saturating_sub(k),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn discard(_rd: &OwnedReadHalf, _n: usize) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
 /// Answers a framing error: an ERROR packet where gearmand-style peers can use one
 /// (oversize, missing argument), silence where gearmand closes silently.
 fn reject(conn: ConnId, e: &ProtoError, out: &mut crate::core::Router<'_>) {
     use gearman_engine::Outbox;
     tracing::warn!("closing connection after protocol error: {e}");
     if let Some((code, text)) = e.reply() {
-        out.packet(conn, gearman_proto::Command::Error, &[code.as_bytes(), text.as_bytes()]);
+        out.packet(conn, Command::Error, &[code.as_bytes(), text.as_bytes()]);
     }
     out.close(conn);
 }

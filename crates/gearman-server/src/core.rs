@@ -5,7 +5,7 @@
 //! connection task that read the bytes runs the engine itself and writes replies
 //! straight into the target connections' buffers.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) store_tx: Option<tokio::sync::mpsc::UnboundedSender<Vec<StoreOp>>>,
     /// The store task's counters, for the monitor port.
     pub(crate) store_stats: Mutex<crate::monitor::StoreStats>,
+    /// Bytes of results nobody listened to that connections dropped unread.
+    pub(crate) dropped_result_bytes: AtomicU64,
 }
 
 impl Shared {
@@ -58,6 +60,7 @@ impl Shared {
             timer_due: AtomicI64::new(i64::MAX),
             store_tx,
             store_stats: Mutex::new(crate::monitor::StoreStats::default()),
+            dropped_result_bytes: AtomicU64::new(0),
         }
     }
 

@@ -97,6 +97,7 @@ struct Snapshot {
     functions: Vec<FunctionGauges>,
     connections: usize,
     worker_connections: usize,
+    dropped_result_bytes: u64,
     store: Option<StoreStats>,
 }
 
@@ -107,7 +108,8 @@ fn snapshot(shared: &Shared) -> Snapshot {
         (e.stats().clone(), e.function_gauges(), e.connection_count(), e.worker_connection_count())
     };
     let store = shared.store_tx.as_ref().map(|_| shared.store_stats.lock().clone());
-    Snapshot { stats, functions, connections, worker_connections, store }
+    let dropped_result_bytes = shared.dropped_result_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    Snapshot { stats, functions, connections, worker_connections, dropped_result_bytes, store }
 }
 
 /// Serves one accepted monitor connection until the peer closes it or the server stops.
@@ -273,6 +275,8 @@ fn render_metrics(s: &Snapshot) -> String {
     counter(&mut o, "gearman_jobs_retried_total", help, st.retried);
     counter(&mut o, "gearman_jobs_cancelled_total", "Jobs cancelled with the admin command.", st.cancelled);
     counter(&mut o, "gearman_jobs_timed_out_total", "CAN_DO_TIMEOUT deadlines that fired.", st.timed_out);
+    let help = "Result data that no client listened to, dropped without being read.";
+    counter(&mut o, "gearman_result_bytes_dropped_total", help, s.dropped_result_bytes);
     let help = "Time from submit or requeue to assignment.";
     histogram(&mut o, "gearman_job_queue_seconds", help, &st.queue_time, 1e3);
     let help = "Time from assignment to the job's result.";

@@ -1,0 +1,177 @@
+//! Results nobody listens to (a background job's, or a job's whose clients left):
+//! ours drops their data in the kernel instead of reading it. Whatever a server does
+//! with that data, the stream must stay in step (the packets after such a result are
+//! answered), and a result that has a listener must arrive whole. The same cases run
+//! against the real gearmand; `/metrics` shows that ours did drop the data.
+#![allow(missing_docs)]
+
+mod support;
+#[macro_use]
+mod wire;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::{req, Conn, Kind, Server};
+use wire::*;
+
+/// Large enough that most of a result is still to arrive when the server reads its head.
+const RESULT_BYTES: usize = 300 * 1024;
+
+/// Most of a result a server may read along with its head (ours' read chunk).
+const READ_WITH_HEAD_BYTES: usize = 64 * 1024;
+
+/// Ours with a monitor port (returned too), or the real gearmand.
+fn start(kind: Kind) -> Option<(Server, Option<u16>)> {
+    match kind {
+        Kind::Ours => {
+            let port = support::free_port();
+            Some((Server::start(kind, &["--monitor-port", &port.to_string()])?, Some(port)))
+        }
+        Kind::Real => Some((Server::start(kind, &[])?, None)),
+    }
+}
+
+/// Distinct bytes for each result, so a result cut or shifted anywhere shows.
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+/// Sends WORK_COMPLETE: its head alone first, then the data in pieces with pauses, so
+/// that the server sees the head before the data and the data arrives while it drops it.
+fn send_result_slowly(w: &mut Conn, handle: &[u8], data: &[u8]) {
+    let whole = req(WORK_COMPLETE, &[handle, data]);
+    let (head, rest) = whole.split_at(12 + handle.len() + 1);
+    w.send(head);
+    std::thread::sleep(Duration::from_millis(30));
+    for piece in rest.chunks(64 * 1024) {
+        w.send(piece);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// GRAB_JOB on `w`; the handle of the job assigned.
+fn grab(w: &mut Conn) -> Vec<u8> {
+    w.req(GRAB_JOB, &[]);
+    let r = w.read_packet();
+    assert_eq!(r.command, JOB_ASSIGN, "{r:?}");
+    r.args()[0].clone()
+}
+
+/// A round trip after the result: the server read exactly the result's bytes.
+fn echo_after(w: &mut Conn, i: usize) {
+    let text = format!("after result {i}");
+    w.req(ECHO_REQ, &[&text]).want(ECHO_RES, &[&text]);
+}
+
+/// The value of counter `name` in ours' `/metrics`.
+fn metric(port: u16, name: &str) -> usize {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let value = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok());
+    value.unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// Asserts that ours dropped between `results * (RESULT_BYTES - READ_WITH_HEAD_BYTES)`
+/// and `results * RESULT_BYTES` bytes of result data.
+fn assert_dropped(monitor: Option<u16>, results: usize) {
+    let Some(port) = monitor else { return };
+    let dropped = metric(port, "gearman_result_bytes_dropped_total");
+    let least = results * (RESULT_BYTES - READ_WITH_HEAD_BYTES);
+    assert!(
+        (least..=results * RESULT_BYTES).contains(&dropped),
+        "dropped {dropped} bytes of {results} results"
+    );
+}
+
+fn background_results_are_dropped_in_step(kind: Kind) {
+    let Some((s, monitor)) = start(kind) else { return };
+    let (mut c, mut w, mut admin) = (s.connect(), s.connect(), s.connect());
+    for i in 0..3 {
+        c.submit(SUBMIT_JOB_BG, "f", "", &format!("job {i}"));
+    }
+    w.can_do("f");
+    for i in 0..3 {
+        let handle = grab(&mut w);
+        send_result_slowly(&mut w, &handle, &pattern(RESULT_BYTES, i as u8));
+        echo_after(&mut w, i);
+    }
+    assert_eq!(rows(&admin.list("status")), vec!["f\t0\t0\t1"]);
+    assert_dropped(monitor, 3);
+    if let Some(port) = monitor {
+        assert_eq!(metric(port, "gearman_jobs_completed_total"), 3);
+    }
+}
+both!(
+    background_results_are_dropped_in_step,
+    ours_drops_background_results_and_reads_on_in_step,
+    real_reads_on_in_step_after_background_results
+);
+
+fn a_listened_result_arrives_whole(kind: Kind) {
+    let Some((s, monitor)) = start(kind) else { return };
+    let (mut c, mut w) = (s.connect(), s.connect());
+    w.can_do("f");
+    let handle = c.submit(SUBMIT_JOB, "f", "", "fg");
+    assert_eq!(grab(&mut w), handle.as_bytes());
+    let data = pattern(RESULT_BYTES, 7);
+    send_result_slowly(&mut w, handle.as_bytes(), &data);
+    c.expect(&support::res(WORK_COMPLETE, &[handle.as_bytes(), &data]));
+    echo_after(&mut w, 0);
+    assert_dropped(monitor, 0);
+}
+both!(
+    a_listened_result_arrives_whole,
+    ours_forwards_a_large_result_whole,
+    real_forwards_a_large_result_whole
+);
+
+fn results_of_a_job_whose_client_left_are_dropped(kind: Kind) {
+    let Some((s, monitor)) = start(kind) else { return };
+    let (mut c, mut w, mut admin) = (s.connect(), s.connect(), s.connect());
+    w.can_do("f");
+    let handle = c.submit(SUBMIT_JOB, "f", "", "fg");
+    assert_eq!(grab(&mut w), handle.as_bytes());
+    drop(c);
+    wait_connections(&mut admin, 2);
+    send_result_slowly(&mut w, handle.as_bytes(), &pattern(RESULT_BYTES, 1));
+    echo_after(&mut w, 0);
+    // The job is gone, so a second result for it is an error, read whole.
+    send_result_slowly(&mut w, handle.as_bytes(), &pattern(RESULT_BYTES, 2));
+    w.want_error("JOB_NOT_FOUND", "Job given in work result not found");
+    echo_after(&mut w, 1);
+    assert_eq!(rows(&admin.list("status")), vec!["f\t0\t0\t1"]);
+    assert_dropped(monitor, 1);
+}
+both!(
+    results_of_a_job_whose_client_left_are_dropped,
+    ours_drops_the_result_of_a_job_whose_client_left,
+    real_reads_on_after_the_result_of_a_job_whose_client_left
+);
+
+/// A submit with the unique of a background job whose result ours is dropping does
+/// not join it (its client would get the result without its data): it starts a new
+/// job, as it would a moment later, once the result was in.
+#[test]
+fn ours_a_submit_while_a_result_is_dropped_starts_a_new_job() {
+    let Some((s, monitor)) = start(Kind::Ours) else { return };
+    let (mut c, mut w) = (s.connect(), s.connect());
+    let bg = c.submit(SUBMIT_JOB_BG, "f", "same", "bg");
+    w.can_do("f");
+    assert_eq!(grab(&mut w), bg.as_bytes());
+    let whole = req(WORK_COMPLETE, &[bg.as_bytes(), &pattern(RESULT_BYTES, 3)]);
+    let (head, rest) = whole.split_at(12 + bg.len() + 1);
+    w.send(head);
+    std::thread::sleep(Duration::from_millis(30));
+    let fg = c.submit(SUBMIT_JOB, "f", "same", "fg");
+    assert_ne!(fg, bg, "joined the job whose result is being dropped");
+    w.send(rest);
+    echo_after(&mut w, 0);
+    assert_eq!(grab(&mut w), fg.as_bytes());
+    w.req(WORK_COMPLETE, &[&fg, "r"]);
+    c.want(WORK_COMPLETE, &[&fg, "r"]);
+    assert_dropped(monitor, 1);
+}
