@@ -1,11 +1,12 @@
 //! Feeds arbitrary bytes through `gearman_proto::decode`, whole and in chunks, under the
 //! default limits and under small ones. Checks that nothing panics, that every frame
 //! consumes bytes, that "need more" consumes nothing, that chunking does not change
-//! the outcome, and that decoded packets survive an encode/decode round trip.
+//! the outcome, that decoded packets survive an encode/decode round trip, and that a
+//! waiting result cut as the server cuts an unwanted one decodes without its data.
 #![no_main]
 
 use bytes::BytesMut;
-use gearman_proto::{decode, encode, Frame, Limits, ProtoError};
+use gearman_proto::{cut_result_data, decode, encode, result_head, Frame, Limits, ProtoError};
 use libfuzzer_sys::fuzz_target;
 
 /// Frames decoded from a stream, then the error that stopped it, if any.
@@ -29,6 +30,7 @@ fn run(data: &[u8], chunk: usize, limits: &Limits) -> Outcome {
                 }
                 Ok(None) => {
                     assert_eq!(buf, snapshot, "Ok(None) changed the buffer");
+                    check_cut_result(&buf, limits);
                     break;
                 }
                 Err(e) => return (frames, Some(e)),
@@ -41,27 +43,18 @@ fn run(data: &[u8], chunk: usize, limits: &Limits) -> Outcome {
 fn check_frame(frame: &Frame, limits: &Limits) {
     match frame {
         Frame::AdminLine(line) => {
-            assert!(
-                line.len() < limits.max_admin_line_bytes,
-                "line over the limit"
-            );
+            assert!(line.len() < limits.max_admin_line_bytes, "line over the limit");
             assert!(!line.contains(&b'\n'), "line kept its newline");
         }
         Frame::Packet(p) => {
-            assert!(
-                p.body().len() <= limits.max_packet_bytes as usize,
-                "body over the limit"
-            );
+            assert!(p.body().len() <= limits.max_packet_bytes as usize, "body over the limit");
             if p.argc() != p.command.layout().argc {
                 // Kept unsplit (server-only type or response magic): nothing to re-encode.
                 return;
             }
             let mut out = BytesMut::new();
             encode(p, &mut out);
-            let big = Limits {
-                max_packet_bytes: u32::MAX,
-                ..Limits::default()
-            };
+            let big = Limits { max_packet_bytes: u32::MAX, ..Limits::default() };
             match decode(&mut out, &big) {
                 Ok(Some(Frame::Packet(q))) => {
                     assert_eq!((q.magic, q.command), (p.magic, p.command));
@@ -71,6 +64,23 @@ fn check_frame(frame: &Frame, limits: &Limits) {
                 other => panic!("re-encoded packet did not decode: {other:?}"),
             }
         }
+    }
+}
+
+/// A result whose head waits in `buf`, cut as the server cuts one it drops the data
+/// of, must decode as the same result with empty data.
+fn check_cut_result(buf: &BytesMut, limits: &Limits) {
+    let Some(head) = result_head(buf) else { return };
+    let handle = head.handle.to_vec();
+    let mut cut = buf.clone();
+    cut_result_data(&mut cut, head.head_len);
+    match decode(&mut cut, limits) {
+        Ok(Some(Frame::Packet(p))) => {
+            assert_eq!(p.arg(0), &handle[..], "the cut changed the handle");
+            assert!(p.arg(1).is_empty(), "the cut kept data");
+            assert!(cut.is_empty(), "the cut packet was not consumed whole");
+        }
+        other => panic!("a cut result did not decode: {other:?}"),
     }
 }
 

@@ -114,9 +114,24 @@ impl World {
     fn settle(&mut self) {
         for s in self.out.take() {
             trace(format_args!("   -> {s:?}"));
-            let (Sent::Packet(c, ..) | Sent::Text(c, _) | Sent::Close(c)) = &s;
-            assert!(*c == ADMIN || self.live.contains(c), "output to a closed connection: {s:?}");
+            let conn = match &s {
+                Sent::Packet(c, ..)
+                | Sent::Text(c, _)
+                | Sent::Close(c)
+                | Sent::Hold(c, _)
+                | Sent::Fill(c, ..) => Some(c),
+                Sent::Persist(_) | Sent::Forget(_) => None,
+            };
+            if let Some(c) = conn {
+                assert!(*c == ADMIN || self.live.contains(c), "output to a closed connection: {s:?}");
+            }
             if let Sent::Packet(
+                _,
+                Command::JobCreated | Command::JobAssign | Command::JobAssignUniq | Command::JobAssignAll,
+                args,
+            )
+            | Sent::Fill(
+                _,
                 _,
                 Command::JobCreated | Command::JobAssign | Command::JobAssignUniq | Command::JobAssignAll,
                 args,
