@@ -114,30 +114,16 @@ impl World {
     fn settle(&mut self) {
         for s in self.out.take() {
             trace(format_args!("   -> {s:?}"));
-            let conn = match &s {
-                Sent::Packet(c, ..)
-                | Sent::Text(c, _)
-                | Sent::Close(c)
-                | Sent::Hold(c, _)
-                | Sent::Fill(c, ..) => Some(c),
-                Sent::Persist(_) | Sent::Forget(_) => None,
-            };
-            if let Some(c) = conn {
-                assert!(*c == ADMIN || self.live.contains(c), "output to a closed connection: {s:?}");
+            if let Some(c) = s.conn() {
+                assert!(c == ADMIN || self.live.contains(&c), "output to a closed connection: {s:?}");
             }
-            if let Sent::Packet(
-                _,
-                Command::JobCreated | Command::JobAssign | Command::JobAssignUniq | Command::JobAssignAll,
-                args,
-            )
-            | Sent::Fill(
-                _,
-                _,
-                Command::JobCreated | Command::JobAssign | Command::JobAssignUniq | Command::JobAssignAll,
-                args,
-            ) = &s
-            {
-                if let Some(h) = args.first() {
+            // A filled place carries its packet as a sent one does.
+            if let Sent::Packet(_, command, args) | Sent::Fill(_, _, command, args) = &s {
+                let names_a_job = matches!(
+                    command,
+                    Command::JobCreated | Command::JobAssign | Command::JobAssignUniq | Command::JobAssignAll
+                );
+                if let Some(h) = args.first().filter(|_| names_a_job) {
                     if !self.handles.contains(h) && self.handles.len() < 64 {
                         self.handles.push(h.clone());
                     }

@@ -58,6 +58,20 @@ pub enum Sent {
     Forget(u64),
 }
 
+impl Sent {
+    /// The connection this output goes to; `None` for the store's outputs.
+    pub fn conn(&self) -> Option<ConnId> {
+        match self {
+            Sent::Packet(c, ..)
+            | Sent::Text(c, _)
+            | Sent::Close(c)
+            | Sent::Hold(c, _)
+            | Sent::Fill(c, ..) => Some(*c),
+            Sent::Persist(_) | Sent::Forget(_) => None,
+        }
+    }
+}
+
 /// An [`Outbox`] that records everything, for tests and tools.
 #[derive(Debug, Default)]
 pub struct RecordingOutbox {

@@ -2266,16 +2266,11 @@ impl Model {
     /// Checks outputs that any operation may produce.
     fn judge(&self, sent: &[Sent]) -> Result<(), TestCaseError> {
         for s in sent {
-            let (Sent::Packet(c, ..)
-            | Sent::Text(c, _)
-            | Sent::Close(c)
-            | Sent::Hold(c, _)
-            | Sent::Fill(c, ..)) = s
-            else {
+            let Some(c) = s.conn() else {
                 // The engine under test has no store, so it never persists or forgets.
                 return Err(TestCaseError::fail(format!("store operation without a store: {s:?}")));
             };
-            prop_assert!(*c == ADMIN || self.live.contains(c), "output to a closed connection: {s:?}");
+            prop_assert!(c == ADMIN || self.live.contains(&c), "output to a closed connection: {s:?}");
             if let Sent::Packet(c, command, args) = s {
                 match command {
                     Command::Noop => prop_assert!(self.pre_slept.contains(c), "NOOP to a non-sleeper: {s:?}"),
