@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use gearman_engine::{ConnId, PeerInfo};
+use gearman_engine::{ConnId, Engine, PeerInfo};
 use gearman_proto::{decode, Command, Frame, Limits, ProtoError, ResultHead, HEADER_BYTES};
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
@@ -153,7 +153,7 @@ pub(crate) async fn serve(
         let Some(mut ran) = run_frames(&shared, conn, &mut buf, &limits.frames) else {
             break;
         };
-        if let Some(head) = unwanted_result(&shared, conn, &buf) {
+        if let Some(head) = ran.unwanted {
             let cut = tokio::select! {
                 r = discard_result_data(&shared, conn, &rd, &mut buf, &limits.frames, head) => r,
                 _ = done.cancelled() => break,
@@ -204,6 +204,8 @@ struct Ran {
     largest_result: usize,
     /// Afterwards, the connection runs jobs and nobody listens to their results.
     results_unwanted: bool,
+    /// The result whose head `buf` holds last, if its data is to be dropped unread.
+    unwanted: Option<UnwantedResult>,
 }
 
 /// Decodes every complete frame in `buf` and runs them under one engine lock.
@@ -225,7 +227,10 @@ fn run_frames(shared: &Shared, conn: ConnId, buf: &mut BytesMut, limits: &Limits
                 Ok(Some(Frame::AdminLine(line))) => engine.handle_admin(conn, &line, out),
                 Ok(None) => {
                     let results_unwanted = engine.runs_only_unwanted_results(conn);
-                    return Some(Ran { largest, largest_result, results_unwanted });
+                    // Under the same lock: a second one per large result would cost
+                    // as much as the check.
+                    let unwanted = unwanted_result(engine, conn, buf);
+                    return Some(Ran { largest, largest_result, results_unwanted, unwanted });
                 }
                 Err(e) => {
                     reject(conn, &e, out);
@@ -250,7 +255,7 @@ async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut, head_only: bool) 
 /// is large and not in yet and goes nowhere: the job runs on `conn` and nobody
 /// listens to it. `None` on other systems than Linux, where [`discard`] is not
 /// available.
-fn unwanted_result(shared: &Shared, conn: ConnId, buf: &[u8]) -> Option<UnwantedResult> {
+fn unwanted_result(engine: &mut Engine, conn: ConnId, buf: &[u8]) -> Option<UnwantedResult> {
     if !cfg!(target_os = "linux") {
         return None;
     }
@@ -258,8 +263,7 @@ fn unwanted_result(shared: &Shared, conn: ConnId, buf: &[u8]) -> Option<Unwanted
     if packet_len.saturating_sub(buf.len()) < DISCARD_MIN_BYTES {
         return None;
     }
-    let unwanted = shared.core.lock().engine.drop_result_data(conn, handle);
-    unwanted.then_some(UnwantedResult { packet_len, head_len })
+    engine.drop_result_data(conn, handle).then_some(UnwantedResult { packet_len, head_len })
 }
 
 /// Where the data of a result found by [`unwanted_result`] ends and starts.
