@@ -204,7 +204,7 @@ struct Ran {
     largest_result: usize,
     /// Afterwards, the connection runs jobs and nobody listens to their results.
     results_unwanted: bool,
-    /// The result whose head `buf` holds last, if its data is to be dropped unread.
+    /// A result whose head ends `buf` and whose data is to be dropped unread.
     unwanted: Option<UnwantedResult>,
 }
 
@@ -227,8 +227,8 @@ fn run_frames(shared: &Shared, conn: ConnId, buf: &mut BytesMut, limits: &Limits
                 Ok(Some(Frame::AdminLine(line))) => engine.handle_admin(conn, &line, out),
                 Ok(None) => {
                     let results_unwanted = engine.runs_only_unwanted_results(conn);
-                    // Under the same lock: a second one per large result would cost
-                    // as much as the check.
+                    // Claimed inside this critical section rather than under a lock of
+                    // its own taken afterwards: one lock per read, large results included.
                     let unwanted = unwanted_result(engine, conn, buf);
                     return Some(Ran { largest, largest_result, results_unwanted, unwanted });
                 }
@@ -253,8 +253,9 @@ async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut, head_only: bool) 
 
 /// The head of the result packet that `buf` holds (and nothing after it) if its data
 /// is large and not in yet and goes nowhere: the job runs on `conn` and nobody
-/// listens to it. `None` on other systems than Linux, where [`discard`] is not
-/// available.
+/// listens to it; the engine then holds the job's data as dropped
+/// ([`Engine::drop_result_data`]). `None` on other systems than Linux, where
+/// [`discard`] is not available.
 fn unwanted_result(engine: &mut Engine, conn: ConnId, buf: &[u8]) -> Option<UnwantedResult> {
     if !cfg!(target_os = "linux") {
         return None;
