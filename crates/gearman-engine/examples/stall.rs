@@ -10,6 +10,11 @@ use std::time::Instant;
 use gearman_engine::{ConnId, Engine, EngineConfig, Outbox, PeerInfo, StoredJob};
 use gearman_proto::{Command, Magic, Packet};
 
+/// The server's allocator: glibc's realloc moves a large vector by remapping its
+/// pages, jemalloc's copies it, so only jemalloc shows the pauses the server has.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Drops everything the engine sends.
 struct Sink;
 

@@ -11,6 +11,7 @@ use slab::Slab;
 use crate::function::{Function, FunctionId};
 use crate::job::{CoalesceKey, Job, JobId, JobState};
 use crate::job_index::JobIndex;
+use crate::paged_slab::PagedSlab;
 use crate::ready::ReadySet;
 use crate::seq_index::SeqIndex;
 use crate::session::Session;
@@ -40,7 +41,7 @@ type Deadline = Reverse<(NowMs, JobId, u64, u32)>;
 pub struct Engine {
     pub(crate) config: EngineConfig,
     /// Boxed, so the slab holds a pointer per slot (see [`Job`]).
-    pub(crate) jobs: Slab<Box<Job>>,
+    pub(crate) jobs: PagedSlab<Box<Job>>,
     pub(crate) functions: Slab<Function>,
     pub(crate) function_ids: HashMap<Bytes, FunctionId>,
     pub(crate) sessions: Slab<Session>,
@@ -121,7 +122,7 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Engine {
         Engine {
             config,
-            jobs: Slab::new(),
+            jobs: PagedSlab::default(),
             functions: Slab::new(),
             function_ids: HashMap::default(),
             sessions: Slab::new(),
@@ -287,11 +288,15 @@ impl Engine {
             shrank = true;
         }
         for (_, f) in &mut self.functions {
-            for q in f.queues.iter_mut().chain(std::iter::once(&mut f.sleepers)) {
+            for q in &mut f.queues {
                 if sparse(q.len(), q.capacity()) {
                     q.shrink_to_fit();
                     shrank = true;
                 }
+            }
+            if sparse(f.sleepers.len(), f.sleepers.capacity()) {
+                f.sleepers.shrink_to_fit();
+                shrank = true;
             }
         }
         shrank
@@ -571,7 +576,7 @@ impl Engine {
             return;
         }
         self.unstore(jid, out);
-        let job = self.jobs.remove(jid);
+        let Some(job) = self.jobs.remove(jid) else { return };
         self.handles.remove(job.seq);
         if let Some(hash) = self.data_key_hash(&job) {
             self.by_data.remove(hash, jid);

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use crate::chunked_deque::ChunkedDeque;
 use crate::job::JobId;
 use crate::ConnId;
 
@@ -17,7 +18,7 @@ pub(crate) struct Function {
     pub(crate) name: Bytes,
     /// FIFO queues, indexed by [`crate::Priority::index`]. Entries carry the job's seq
     /// so a slot reused after the job left can never be mistaken for it.
-    pub(crate) queues: [VecDeque<(JobId, u64)>; 3],
+    pub(crate) queues: [ChunkedDeque<(JobId, u64)>; 3],
     /// Registered worker entries (a connection that sent CAN_DO twice is here twice).
     pub(crate) workers: Vec<ConnId>,
     /// Workers that went to sleep able to do this function, longest asleep first:
@@ -58,6 +59,6 @@ impl Function {
 
     /// Jobs waiting in the queue for `priority` (abandoned ones included, as gearmand).
     pub(crate) fn queued(&self, priority: usize) -> usize {
-        self.queues.get(priority).map_or(0, VecDeque::len)
+        self.queues.get(priority).map_or(0, ChunkedDeque::len)
     }
 }

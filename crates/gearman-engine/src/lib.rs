@@ -7,6 +7,7 @@
 //! and lets the server decide how bytes reach peers.
 
 mod admin;
+mod chunked_deque;
 mod config;
 mod engine;
 mod function;
@@ -14,6 +15,7 @@ mod handle;
 mod job;
 mod job_index;
 mod outbox;
+mod paged_slab;
 mod ready;
 mod seq_index;
 mod session;

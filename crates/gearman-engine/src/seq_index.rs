@@ -1,7 +1,6 @@
 //! Live jobs by sequence number, the number in their handle.
 
-use std::collections::VecDeque;
-
+use crate::chunked_deque::ChunkedDeque;
 use crate::engine::HashMap;
 use crate::job::JobId;
 
@@ -25,7 +24,7 @@ const MIN_TRIM_SLOTS: usize = 1024;
 pub(crate) struct SeqIndex {
     /// Sequence number of `window[0]`.
     base: u64,
-    window: VecDeque<u32>,
+    window: ChunkedDeque<u32>,
     /// Slots of `window` that hold a job.
     in_window: usize,
     /// Live jobs older than the window.

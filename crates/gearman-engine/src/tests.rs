@@ -2645,7 +2645,9 @@ fn compact_gives_back_room_after_a_burst() {
     assert_eq!(e.job_count(), 0);
     assert!(e.compact(), "a drained engine has room to give back");
     let after = (e.jobs.capacity(), e.handles.capacity(), e.by_unique.capacity());
-    assert!(after.0 < 1024 && after.1 < 1024 && after.2 < 1024, "{after:?}");
+    // At most 1024 left, the size below which `compact` leaves a table alone (the
+    // sequence window keeps its one chunk of 1024 slots).
+    assert!(after.0 <= 1024 && after.1 <= 1024 && after.2 <= 1024, "{after:?}");
     assert!(!e.compact(), "nothing left to shrink");
     e.check_invariants().expect("invariants hold");
     // Still works afterwards.
