@@ -17,31 +17,30 @@ pub(crate) const CHUNK: usize = 1024;
 
 /// A FIFO queue of chunks. Every chunk but the last holds [`CHUNK`] entries, the
 /// first counting those already popped (`head` of them), which is what makes
-/// [`ChunkedDeque::get`] a shift and a mask. Popped entries stay in place until their
-/// chunk goes, so entries are `Copy`: nothing needs dropping.
+/// [`ChunkedDeque::get`] a shift and a mask and the length a sum. Popped entries stay
+/// in place until their chunk goes, so entries are `Copy`: nothing needs dropping.
 #[derive(Debug)]
 pub(crate) struct ChunkedDeque<T> {
     chunks: VecDeque<Vec<T>>,
     /// Entries of the first chunk already popped.
     head: usize,
-    len: usize,
 }
 
 impl<T> Default for ChunkedDeque<T> {
     fn default() -> Self {
-        ChunkedDeque { chunks: VecDeque::new(), head: 0, len: 0 }
+        ChunkedDeque { chunks: VecDeque::new(), head: 0 }
     }
 }
 
 impl<T: Copy> ChunkedDeque<T> {
     /// Number of entries.
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.chunks.back().map_or(0, |last| (self.chunks.len() - 1) * CHUNK + last.len() - self.head)
     }
 
     /// Whether the queue holds no entry.
     pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Appends `value` at the back.
@@ -52,10 +51,9 @@ impl<T: Copy> ChunkedDeque<T> {
             // A short queue that went round its only chunk: move its entries to the
             // front (fewer than half a chunk) rather than start a second chunk, so
             // that a queue that never holds many keeps one small buffer.
-            Some(last) if single && self.head >= CHUNK / 2 => {
-                last.drain(..self.head);
-                self.head = 0;
-                last.push(value);
+            Some(_) if single && self.head >= CHUNK / 2 => {
+                self.drop_popped_of_single_chunk();
+                self.push_back(value);
             }
             _ => {
                 // A queue that filled a chunk is a long one: its next chunk is
@@ -65,27 +63,21 @@ impl<T: Copy> ChunkedDeque<T> {
                 self.chunks.push_back(chunk);
             }
         }
-        self.len += 1;
     }
 
     /// Removes and returns the front entry.
     pub(crate) fn pop_front(&mut self) -> Option<T> {
-        if self.len == 0 {
-            return None;
-        }
+        let single = self.chunks.len() == 1;
         let first = self.chunks.front_mut()?;
         let value = *first.get(self.head)?;
         self.head += 1;
-        self.len -= 1;
-        if self.len == 0 {
-            // Empty: keep the one buffer for the next push, as a VecDeque would.
-            self.chunks.truncate(1);
-            if let Some(first) = self.chunks.front_mut() {
+        if self.head == first.len() {
+            if single {
+                // Empty: keep the one buffer for the next push, as a VecDeque would.
                 first.clear();
+            } else {
+                self.chunks.pop_front();
             }
-            self.head = 0;
-        } else if self.head == CHUNK {
-            self.chunks.pop_front();
             self.head = 0;
         }
         Some(value)
@@ -98,19 +90,14 @@ impl<T: Copy> ChunkedDeque<T> {
 
     /// The entry `i` places behind the front.
     pub(crate) fn get(&self, i: usize) -> Option<&T> {
-        if i >= self.len {
-            return None;
-        }
-        let at = self.head + i;
+        // Past the back, the last chunk's length answers None.
+        let at = self.head.checked_add(i)?;
         self.chunks.get(at / CHUNK)?.get(at % CHUNK)
     }
 
     /// The entry `i` places behind the front, to change.
     pub(crate) fn get_mut(&mut self, i: usize) -> Option<&mut T> {
-        if i >= self.len {
-            return None;
-        }
-        let at = self.head + i;
+        let at = self.head.checked_add(i)?;
         self.chunks.get_mut(at / CHUNK)?.get_mut(at % CHUNK)
     }
 
@@ -121,21 +108,27 @@ impl<T: Copy> ChunkedDeque<T> {
 
     /// Gives back the memory of empty and partly filled chunks.
     pub(crate) fn shrink_to_fit(&mut self) {
-        if self.len == 0 {
+        if self.is_empty() {
             *self = ChunkedDeque::default();
             return;
         }
         if self.chunks.len() == 1 {
-            if let Some(only) = self.chunks.front_mut() {
-                only.drain(..self.head);
-                self.head = 0;
-            }
+            self.drop_popped_of_single_chunk();
         }
         // Only the last chunk can have room to spare.
         if let Some(last) = self.chunks.back_mut() {
             last.shrink_to_fit();
         }
         self.chunks.shrink_to_fit();
+    }
+
+    /// In a queue of one chunk, moves the entries over the popped ones (which are
+    /// fewer than [`CHUNK`], so the copy is bounded).
+    fn drop_popped_of_single_chunk(&mut self) {
+        if let Some(only) = self.chunks.front_mut() {
+            only.drain(..self.head);
+            self.head = 0;
+        }
     }
 }
 

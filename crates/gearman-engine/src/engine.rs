@@ -260,12 +260,7 @@ impl Engine {
             capacity > 1024 && len.saturating_mul(4) < capacity
         }
         let mut shrank = false;
-        if sparse(self.jobs.len(), self.jobs.capacity()) {
-            // Keys cannot move, so this frees only the vacant tail; enough after a drain.
-            self.jobs.shrink_to_fit();
-            shrank = true;
-        }
-        macro_rules! shrink_map {
+        macro_rules! shrink_sparse {
             ($($m:expr),*) => {$(
                 if sparse($m.len(), $m.capacity()) {
                     $m.shrink_to_fit();
@@ -273,31 +268,23 @@ impl Engine {
                 }
             )*};
         }
-        shrink_map!(self.handles, self.by_unique, self.by_data, self.by_store_key, self.function_ids);
-        if sparse(self.epoch_timers.len(), self.epoch_timers.capacity()) {
-            self.epoch_timers.shrink_to_fit();
-            shrank = true;
-        }
-        if sparse(self.work_timers.len(), self.work_timers.capacity()) {
-            self.work_timers.shrink_to_fit();
-            shrank = true;
-        }
+        // The jobs' keys cannot move, so that frees only the vacant tail; enough after
+        // a drain.
+        shrink_sparse!(
+            self.jobs,
+            self.handles,
+            self.by_unique,
+            self.by_data,
+            self.by_store_key,
+            self.function_ids
+        );
+        shrink_sparse!(self.epoch_timers, self.work_timers, self.wide_sleepers);
         shrank |= self.ready.shrink();
-        if sparse(self.wide_sleepers.len(), self.wide_sleepers.capacity()) {
-            self.wide_sleepers.shrink_to_fit();
-            shrank = true;
-        }
         for (_, f) in &mut self.functions {
             for q in &mut f.queues {
-                if sparse(q.len(), q.capacity()) {
-                    q.shrink_to_fit();
-                    shrank = true;
-                }
+                shrink_sparse!(q);
             }
-            if sparse(f.sleepers.len(), f.sleepers.capacity()) {
-                f.sleepers.shrink_to_fit();
-                shrank = true;
-            }
+            shrink_sparse!(f.sleepers);
         }
         shrank
     }
@@ -708,7 +695,7 @@ impl Engine {
                 }
             }
         }
-        for (jid, j) in &self.jobs {
+        for (jid, j) in self.jobs.iter() {
             if self.handles.get(j.seq) != Some(jid) {
                 return Err(format!("job {jid} missing from the handle index"));
             }

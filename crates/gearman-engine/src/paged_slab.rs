@@ -171,16 +171,6 @@ impl<T> PagedSlab<T> {
     }
 }
 
-/// The values with their keys, in key order.
-impl<'a, T> IntoIterator for &'a PagedSlab<T> {
-    type Item = (usize, &'a T);
-    type IntoIter = Box<dyn Iterator<Item = (usize, &'a T)> + 'a>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

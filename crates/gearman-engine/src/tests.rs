@@ -202,7 +202,7 @@ fn deep_invariants(e: &Engine) -> Result<(), String> {
             ));
         }
     }
-    for (jid, j) in &e.jobs {
+    for (jid, j) in e.jobs.iter() {
         if !e.functions.contains(j.function) {
             return Err(format!("job {jid} of a dropped function"));
         }
@@ -2060,7 +2060,7 @@ fn a_queued_job_is_small_and_owns_its_bytes() {
     // Nothing the engine keeps may point into a packet: in the server a packet is a
     // view into a connection's read buffer, which would stay alive with the job.
     let inside = |p: &Packet, b: &[u8]| !b.is_empty() && p.body().as_ptr_range().contains(&b.as_ptr());
-    for (_, j) in &h.e.jobs {
+    for (_, j) in h.e.jobs.iter() {
         assert_eq!(&j.data[..], &data[..]);
         assert!(!inside(&p, &j.data) && !inside(&p2, &j.data));
         assert!(!inside(&p2, &j.unique));
@@ -2508,7 +2508,7 @@ fn run_ops(cfg: EngineConfig, wide_after: usize, ops: &[Op]) -> Result<(), TestC
         m.judge(&sent)?;
         // Only a cancel may abandon a background job (a departing coalesced foreground
         // client must not: PROTOCOL.md §4.10).
-        for (_, j) in &h.e.jobs {
+        for (_, j) in h.e.jobs.iter() {
             let handle = h.e.handle_of(j.seq).to_vec();
             prop_assert!(!(j.abandoned && j.background) || m.cancelled.contains(&handle), "{:?}", j);
         }
