@@ -12,6 +12,7 @@ mod null_server;
 mod payload;
 mod report;
 mod scenario;
+mod server_cpu;
 mod stats;
 
 use std::process::ExitCode;
@@ -133,6 +134,10 @@ pub(crate) struct Opts {
     /// submitted (prefilled ones included) queued over the run's functions.
     #[arg(long, requires = "no_drain")]
     pub(crate) check_queued: bool,
+    /// Process id of the server (Linux): report the CPU time it spent in the timed
+    /// part, in all and per operation.
+    #[arg(long)]
+    pub(crate) server_pid: Option<u32>,
 }
 
 impl Opts {

@@ -1,6 +1,7 @@
 //! Results: the human summary and the one-line JSON form.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use crate::stats::Summary;
 use crate::{Opts, Scenario, UniqueMode};
@@ -42,6 +43,8 @@ pub(crate) struct Report {
     pub(crate) idle_connections: usize,
     /// Jobs queued before the timed part, and the seconds that took.
     pub(crate) prefill: Option<(u64, f64)>,
+    /// CPU time the server spent in the timed part (with `--server-pid`).
+    pub(crate) server_cpu: Option<Duration>,
     /// What was checked.
     pub(crate) verified: String,
 }
@@ -75,6 +78,7 @@ impl Report {
             latency: None,
             idle_connections: opts.idle_connections,
             prefill: None,
+            server_cpu: None,
             verified: String::new(),
         }
     }
@@ -82,6 +86,12 @@ impl Report {
     /// Operations per second.
     pub(crate) fn rate(&self) -> f64 {
         rate(self.ops, self.seconds)
+    }
+
+    /// Server CPU microseconds per operation, and the seconds in all.
+    fn cpu_per_op(&self) -> Option<(f64, f64)> {
+        let secs = self.server_cpu?.as_secs_f64();
+        (self.ops > 0).then(|| (secs * 1e6 / self.ops as f64, secs))
     }
 
     /// The multi-line human summary.
@@ -129,6 +139,13 @@ impl Report {
                 "  latency {what} (us): p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}  mean {:.1}",
                 l.p50, l.p90, l.p99, l.max, l.mean
             );
+        }
+        if let Some((us, secs)) = self.cpu_per_op() {
+            let unit = match self.unit {
+                "echoes" => "echo",
+                u => u.strip_suffix('s').unwrap_or(u),
+            };
+            let _ = writeln!(s, "  server CPU in the timed part: {secs:.3} s = {us:.2} us per {unit}");
         }
         let _ = writeln!(s, "  verified: {}", self.verified);
         s
@@ -185,6 +202,9 @@ impl Report {
                 l.max,
                 l.mean
             );
+        }
+        if let Some((us, secs)) = self.cpu_per_op() {
+            let _ = write!(s, ",\"server_cpu_seconds\":{secs:.6},\"server_cpu_us_per_op\":{us:.3}");
         }
         let _ = write!(s, ",\"verified\":{}}}", json_str(&self.verified));
         s

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use crate::conn::{packet, unexpected, Conn, Event};
 use crate::payload::{check_run_and_prefill, Payload, PREFILL_BASE};
 use crate::report::Report;
+use crate::server_cpu::Meter;
 use crate::stats::{new_histogram, record, Summary};
 use crate::{admin, idle};
 use crate::{Opts, Scenario, UniqueMode};
@@ -557,6 +558,7 @@ pub(crate) async fn run(opts: &Opts, threads: usize) -> Result<Report> {
         unique: opts.unique,
     });
     let mut report = Report::new(opts, addr.to_string(), id.clone(), threads);
+    let meter = Meter::new(opts.server_pid)?;
 
     // Untimed preparation: idle connections, then the prefilled queue.
     let mut idle_conns = idle::open(addr, opts.idle_connections).await?;
@@ -584,7 +586,7 @@ pub(crate) async fn run(opts: &Opts, threads: usize) -> Result<Report> {
         None
     };
 
-    measure(opts, &setup, pre.as_ref(), &mut report).await?;
+    measure(opts, &setup, pre.as_ref(), meter, &mut report).await?;
 
     let mut extra = Vec::new();
     if !idle_conns.is_empty() {
@@ -602,8 +604,15 @@ pub(crate) async fn run(opts: &Opts, threads: usize) -> Result<Report> {
     Ok(report)
 }
 
-/// The timed part of the scenario, with its own checks; fills in `report`.
-async fn measure(opts: &Opts, setup: &Arc<Setup>, pre: Option<&Prefill>, report: &mut Report) -> Result<()> {
+/// The timed part of the scenario, with its own checks; fills in `report`, with the
+/// server's CPU time over the same part when `meter` watches it.
+async fn measure(
+    opts: &Opts,
+    setup: &Arc<Setup>,
+    pre: Option<&Prefill>,
+    meter: Meter,
+    report: &mut Report,
+) -> Result<()> {
     let addr = setup.addr;
     let client_shared = |mode| {
         Arc::new(ClientShared {
@@ -621,7 +630,9 @@ async fn measure(opts: &Opts, setup: &Arc<Setup>, pre: Option<&Prefill>, report:
         Scenario::Echo => {
             let conns = connect_all(addr, opts.clients).await?;
             let sh = client_shared(ClientMode::Echo);
+            let cpu = meter.start()?;
             let (done, hist, elapsed) = run_clients(conns, sh.clone(), None).await?;
+            report.server_cpu = meter.spent(cpu)?;
             ensure!(done == sh.tickets.issued(), "{done} echoes answered, {} sent", sh.tickets.issued());
             report.unit = "echoes";
             report.ops = done;
@@ -634,7 +645,9 @@ async fn measure(opts: &Opts, setup: &Arc<Setup>, pre: Option<&Prefill>, report:
             let mut workers = Workers::start(setup, &progress, opts.workers).await?;
             let conns = connect_all(addr, opts.clients).await?;
             let sh = client_shared(ClientMode::Fg);
+            let cpu = meter.start()?;
             let (done, hist, elapsed) = run_clients(conns, sh.clone(), Some(&mut workers)).await?;
+            report.server_cpu = meter.spent(cpu)?;
             progress.finish();
             let issued = sh.tickets.issued();
             ensure!(done == issued, "{done} jobs completed, {issued} submitted");
@@ -653,19 +666,24 @@ async fn measure(opts: &Opts, setup: &Arc<Setup>, pre: Option<&Prefill>, report:
             let progress = Progress::new();
             progress.set_target(issued);
             let conns = register_workers(setup, opts.workers).await?;
+            let cpu = meter.start()?;
             let start = Instant::now();
             let mut workers = Workers::spawn_on(conns, setup, &progress);
             workers.until_stopped().await?;
             let drain_secs = progress.end().duration_since(start).as_secs_f64();
+            let drain_cpu = meter.spent(cpu)?;
             let results = workers.join().await?;
             report.ops = issued;
             report.seconds = drain_secs;
+            report.server_cpu = drain_cpu;
             report.verified = format!("already queued: {}", verify(setup, results, issued, 0).await?);
         }
         Scenario::BgSubmit | Scenario::Drain => {
             let conns = connect_all(addr, opts.clients).await?;
             let sh = client_shared(ClientMode::Bg);
+            let cpu = meter.start()?;
             let (done, hist, submit_time) = run_clients(conns, sh.clone(), None).await?;
+            let submit_cpu = meter.spent(cpu)?;
             let issued = sh.tickets.issued();
             ensure!(done == issued, "{done} JOB_CREATED received, {issued} submitted");
             let submit_secs = submit_time.as_secs_f64();
@@ -674,6 +692,7 @@ async fn measure(opts: &Opts, setup: &Arc<Setup>, pre: Option<&Prefill>, report:
                 report.unit = "submits";
                 report.ops = done;
                 report.seconds = submit_secs;
+                report.server_cpu = submit_cpu;
                 report.verified = format!("{done} JOB_CREATED; jobs left queued (--no-drain)");
                 if opts.check_queued {
                     admin::check_queued(addr, &setup.functions, issued + same_prefill).await?;
@@ -686,20 +705,24 @@ async fn measure(opts: &Opts, setup: &Arc<Setup>, pre: Option<&Prefill>, report:
             progress.set_target(issued + same_prefill);
             // Register first, so the clock covers only grabbing and completing.
             let conns = register_workers(setup, opts.workers).await?;
+            let cpu = meter.start()?;
             let start = Instant::now();
             let mut workers = Workers::spawn_on(conns, setup, &progress);
             workers.until_stopped().await?;
             let drain_secs = progress.end().duration_since(start).as_secs_f64();
+            let drain_cpu = meter.spent(cpu)?;
             let results = workers.join().await?;
             let v = verify(setup, results, issued, same_prefill).await?;
             if opts.scenario == Scenario::BgSubmit {
                 report.unit = "submits";
                 report.ops = done;
                 report.seconds = submit_secs;
+                report.server_cpu = submit_cpu;
                 report.verified = format!("drained afterwards in {drain_secs:.3} s (untimed); {v}");
             } else {
                 report.ops = issued;
                 report.seconds = drain_secs;
+                report.server_cpu = drain_cpu;
                 report.submit = Some((done, submit_secs));
                 report.verified = v;
             }
@@ -709,6 +732,7 @@ async fn measure(opts: &Opts, setup: &Arc<Setup>, pre: Option<&Prefill>, report:
             let mut workers = Workers::start(setup, &progress, opts.workers).await?;
             let conns = connect_all(addr, opts.clients).await?;
             let sh = client_shared(ClientMode::Bg);
+            let cpu = meter.start()?;
             let start = Instant::now();
             let (done, hist, submit_time) = run_clients(conns, sh.clone(), Some(&mut workers)).await?;
             let issued = sh.tickets.issued();
@@ -716,6 +740,7 @@ async fn measure(opts: &Opts, setup: &Arc<Setup>, pre: Option<&Prefill>, report:
             progress.set_target(issued);
             workers.until_stopped().await?;
             let secs = progress.end().duration_since(start).as_secs_f64();
+            report.server_cpu = meter.spent(cpu)?;
             let results = workers.join().await?;
             let v = verify(setup, results, issued, 0).await?;
             report.ops = issued;
