@@ -516,13 +516,29 @@ async fn drain_prefill(p: &Prefill, workers: usize) -> Result<String> {
     let progress = Progress::new();
     progress.set_target(p.jobs);
     let conns = register_workers(&p.setup, workers).await?;
-    let start = Instant::now();
-    let mut w = Workers::spawn_on(conns, &p.setup, &progress);
-    w.until_stopped().await.context("draining the prefilled jobs")?;
-    let secs = progress.end().duration_since(start).as_secs_f64();
-    let results = w.join().await?;
+    let (secs, _, results) = timed_drain(conns, &p.setup, &progress, Meter::default())
+        .await
+        .context("draining the prefilled jobs")?;
     let v = verify(&p.setup, results, 0, p.jobs).await?;
     Ok(format!("prefill drained afterwards in {secs:.3} s (untimed): {v}"))
+}
+
+/// Workers on the registered `conns` grab until `progress` reaches its target.
+/// Returns the seconds from their start to the last job done, the server's CPU time
+/// over the same part (when `meter` watches it), and the workers' results.
+async fn timed_drain(
+    conns: Vec<Conn>,
+    setup: &Arc<Setup>,
+    progress: &Arc<Progress>,
+    meter: Meter,
+) -> Result<(f64, Option<Duration>, Vec<WorkerResult>)> {
+    let cpu = meter.start()?;
+    let start = Instant::now();
+    let mut workers = Workers::spawn_on(conns, setup, progress);
+    workers.until_stopped().await?;
+    let secs = progress.end().duration_since(start).as_secs_f64();
+    let spent = meter.spent(cpu)?;
+    Ok((secs, spent, workers.join().await?))
 }
 
 fn run_id() -> String {
@@ -666,13 +682,7 @@ async fn measure(
             let progress = Progress::new();
             progress.set_target(issued);
             let conns = register_workers(setup, opts.workers).await?;
-            let cpu = meter.start()?;
-            let start = Instant::now();
-            let mut workers = Workers::spawn_on(conns, setup, &progress);
-            workers.until_stopped().await?;
-            let drain_secs = progress.end().duration_since(start).as_secs_f64();
-            let drain_cpu = meter.spent(cpu)?;
-            let results = workers.join().await?;
+            let (drain_secs, drain_cpu, results) = timed_drain(conns, setup, &progress, meter).await?;
             report.ops = issued;
             report.seconds = drain_secs;
             report.server_cpu = drain_cpu;
@@ -705,13 +715,7 @@ async fn measure(
             progress.set_target(issued + same_prefill);
             // Register first, so the clock covers only grabbing and completing.
             let conns = register_workers(setup, opts.workers).await?;
-            let cpu = meter.start()?;
-            let start = Instant::now();
-            let mut workers = Workers::spawn_on(conns, setup, &progress);
-            workers.until_stopped().await?;
-            let drain_secs = progress.end().duration_since(start).as_secs_f64();
-            let drain_cpu = meter.spent(cpu)?;
-            let results = workers.join().await?;
+            let (drain_secs, drain_cpu, results) = timed_drain(conns, setup, &progress, meter).await?;
             let v = verify(setup, results, issued, same_prefill).await?;
             if opts.scenario == Scenario::BgSubmit {
                 report.unit = "submits";
