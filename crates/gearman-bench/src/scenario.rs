@@ -211,12 +211,12 @@ async fn client(mut conn: Conn, sh: Arc<ClientShared>) -> Result<ClientResult> {
     // One clock read per batch each way, not per packet: at 0 B two reads per submit
     // were a tenth of the tool's time. A batch's requests get the time just before
     // they are written, its replies the time they were decoded.
-    let mut now = Instant::now();
     loop {
-        let ids = if exhausted { 0..0 } else { sh.tickets.take(sh.window - outstanding) };
-        exhausted |= (ids.end - ids.start) < (sh.window - outstanding) as u64;
+        let room = sh.window - outstanding;
+        let ids = if exhausted { 0..0 } else { sh.tickets.take(room) };
         let batch = ids.end - ids.start;
-        for id in ids {
+        exhausted |= batch < room as u64;
+        for id in ids.clone() {
             setup.payload.fill(id, &mut data);
             match sh.mode {
                 ClientMode::Echo => conn.push(Command::EchoReq, &[&data]),
@@ -227,12 +227,10 @@ async fn client(mut conn: Conn, sh: Arc<ClientShared>) -> Result<ClientResult> {
                     conn.push(cmd, &[setup.function_of(id), &unique, &data]);
                 }
             }
-            awaiting_created.push_back((id, now));
         }
         if batch > 0 {
-            now = Instant::now();
-            let fresh = awaiting_created.len() - batch as usize;
-            awaiting_created.range_mut(fresh..).for_each(|e| e.1 = now);
+            let sent = Instant::now();
+            awaiting_created.extend(ids.map(|id| (id, sent)));
             outstanding += batch as usize;
             COUNTERS.submitted.fetch_add(batch, Relaxed);
         }
@@ -240,7 +238,7 @@ async fn client(mut conn: Conn, sh: Arc<ClientShared>) -> Result<ClientResult> {
             break;
         }
         conn.exchange(&mut frames, None).await?;
-        now = Instant::now();
+        let now = Instant::now();
         let answered_before = done;
         for f in frames.drain(..) {
             let p = packet(f)?;
@@ -546,12 +544,10 @@ async fn timed_drain(
     progress: &Arc<Progress>,
     meter: Meter,
 ) -> Result<(f64, Option<Duration>, Vec<WorkerResult>)> {
-    let cpu = meter.start()?;
     let start = Instant::now();
     let mut workers = Workers::spawn_on(conns, setup, progress);
-    workers.until_stopped().await?;
+    let ((), spent) = meter.during(workers.until_stopped()).await?;
     let secs = progress.end().duration_since(start).as_secs_f64();
-    let spent = meter.spent(cpu)?;
     Ok((secs, spent, workers.join().await?))
 }
 
@@ -660,9 +656,8 @@ async fn measure(
         Scenario::Echo => {
             let conns = connect_all(addr, opts.clients).await?;
             let sh = client_shared(ClientMode::Echo);
-            let cpu = meter.start()?;
-            let (done, hist, elapsed) = run_clients(conns, sh.clone(), None).await?;
-            report.server_cpu = meter.spent(cpu)?;
+            let ((done, hist, elapsed), cpu) = meter.during(run_clients(conns, sh.clone(), None)).await?;
+            report.server_cpu = cpu;
             ensure!(done == sh.tickets.issued(), "{done} echoes answered, {} sent", sh.tickets.issued());
             report.unit = "echoes";
             report.ops = done;
@@ -675,9 +670,9 @@ async fn measure(
             let mut workers = Workers::start(setup, &progress, opts.workers).await?;
             let conns = connect_all(addr, opts.clients).await?;
             let sh = client_shared(ClientMode::Fg);
-            let cpu = meter.start()?;
-            let (done, hist, elapsed) = run_clients(conns, sh.clone(), Some(&mut workers)).await?;
-            report.server_cpu = meter.spent(cpu)?;
+            let ((done, hist, elapsed), cpu) =
+                meter.during(run_clients(conns, sh.clone(), Some(&mut workers))).await?;
+            report.server_cpu = cpu;
             progress.finish();
             let issued = sh.tickets.issued();
             ensure!(done == issued, "{done} jobs completed, {issued} submitted");
@@ -705,9 +700,8 @@ async fn measure(
         Scenario::BgSubmit | Scenario::Drain => {
             let conns = connect_all(addr, opts.clients).await?;
             let sh = client_shared(ClientMode::Bg);
-            let cpu = meter.start()?;
-            let (done, hist, submit_time) = run_clients(conns, sh.clone(), None).await?;
-            let submit_cpu = meter.spent(cpu)?;
+            let ((done, hist, submit_time), submit_cpu) =
+                meter.during(run_clients(conns, sh.clone(), None)).await?;
             let issued = sh.tickets.issued();
             ensure!(done == issued, "{done} JOB_CREATED received, {issued} submitted");
             let submit_secs = submit_time.as_secs_f64();
@@ -750,15 +744,20 @@ async fn measure(
             let mut workers = Workers::start(setup, &progress, opts.workers).await?;
             let conns = connect_all(addr, opts.clients).await?;
             let sh = client_shared(ClientMode::Bg);
-            let cpu = meter.start()?;
             let start = Instant::now();
-            let (done, hist, submit_time) = run_clients(conns, sh.clone(), Some(&mut workers)).await?;
-            let issued = sh.tickets.issued();
-            ensure!(done == issued, "{done} JOB_CREATED received, {issued} submitted");
-            progress.set_target(issued);
-            workers.until_stopped().await?;
+            let ((done, hist, submit_time, issued), cpu) = meter
+                .during(async {
+                    let (done, hist, submit_time) =
+                        run_clients(conns, sh.clone(), Some(&mut workers)).await?;
+                    let issued = sh.tickets.issued();
+                    ensure!(done == issued, "{done} JOB_CREATED received, {issued} submitted");
+                    progress.set_target(issued);
+                    workers.until_stopped().await?;
+                    Ok((done, hist, submit_time, issued))
+                })
+                .await?;
             let secs = progress.end().duration_since(start).as_secs_f64();
-            report.server_cpu = meter.spent(cpu)?;
+            report.server_cpu = cpu;
             let results = workers.join().await?;
             let v = verify(setup, results, issued, 0).await?;
             report.ops = issued;

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -101,15 +102,22 @@ impl Meter {
         Ok(Meter(pid.map(ServerCpu::new).transpose()?))
     }
 
-    /// Marks the start of a timed part.
-    pub(crate) fn start(&self) -> Result<Option<Sample>> {
-        self.0.map(|c| c.sample()).transpose().context("reading the server's CPU time")
+    /// Runs `part` and returns its output with the server's CPU time over it.
+    pub(crate) async fn during<T>(
+        &self,
+        part: impl Future<Output = Result<T>>,
+    ) -> Result<(T, Option<Duration>)> {
+        let start = self.sample()?;
+        let out = part.await?;
+        let spent = match start {
+            Some(start) => self.sample()?.map(|end| end.since(&start)),
+            None => None,
+        };
+        Ok((out, spent))
     }
 
-    /// The server's CPU time since `start`.
-    pub(crate) fn spent(&self, start: Option<Sample>) -> Result<Option<Duration>> {
-        let Some(start) = start else { return Ok(None) };
-        Ok(self.start()?.map(|end| end.since(&start)))
+    fn sample(&self) -> Result<Option<Sample>> {
+        self.0.map(|c| c.sample()).transpose().context("reading the server's CPU time")
     }
 }
 
