@@ -66,6 +66,8 @@ fn case_list_formats(kind: Kind) {
     // Functions stay listed with zeros after the worker leaves.
     drop(w);
     wait_connections(&mut a, 2);
+    // gearmand unregisters the functions after the connection leaves `workers`.
+    wait_list(&mut a, "status", |r| r.iter().all(|row| row.ends_with("\t0")));
     assert_eq!(rows(&a.list("status")), ["resize\t2\t0\t0", "thumb\t0\t0\t0"]);
     assert_eq!(rows(&a.list("prioritystatus")), ["resize\t1\t1\t0\t0", "thumb\t0\t0\t0\t0"]);
 }
@@ -544,6 +546,9 @@ fn scenario(s: &Server) -> Vec<String> {
     c.want(WORK_COMPLETE, &[&h(4), "done"]);
     drop(w2);
     wait_connections(&mut a, 3);
+    // gearmand drops a closed connection from `workers` before its processing thread
+    // unregisters the worker's functions, so wait for that too: w2 alone could do `slow`.
+    wait_list(&mut a, "status", |r| r.iter().any(|row| row == "slow\t0\t0\t0"));
     out.push(format!("{:?}", rows(&a.list("status"))));
     out.push(format!("{:?}", rows(&a.list("prioritystatus"))));
     out.push(format!("{:?}", rows(&a.list("show jobs"))));

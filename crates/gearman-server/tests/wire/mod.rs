@@ -231,20 +231,12 @@ pub fn worker_rows(list: &str) -> Vec<String> {
 /// Polls `workers` on `admin` until it lists `n` connections (`admin` included).
 /// Bounded to 5 s.
 pub fn wait_connections(admin: &mut Conn, n: usize) {
-    let start = Instant::now();
-    loop {
-        let got = rows(&admin.list("workers")).len();
-        if got == n {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "server still lists {got} connections, want {n}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_list(admin, "workers", |r| r.len() == n);
 }
 
-/// Polls `status` until `pred` holds on the sorted rows. Bounded to 5 s.
-pub fn wait_status(s: &Server, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let mut admin = s.connect();
+/// Polls the admin list `what` on `admin` until `pred` holds on its sorted rows, and
+/// returns them. Bounded to 5 s.
+pub fn wait_list(admin: &mut Conn, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
     let start = Instant::now();
     loop {
         let r = rows(&admin.list(what));
@@ -254,6 +246,11 @@ pub fn wait_status(s: &Server, what: &str, pred: impl Fn(&[String]) -> bool) -> 
         assert!(start.elapsed() < Duration::from_secs(5), "{what} never matched: {r:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Polls the admin list `what` on a new connection until `pred` holds. Bounded to 5 s.
+pub fn wait_status(s: &Server, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+    wait_list(&mut s.connect(), what, pred)
 }
 
 /// Tiny deterministic PRNG (xorshift64*) for garbage generation.
