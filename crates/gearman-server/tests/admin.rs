@@ -67,8 +67,8 @@ fn case_list_formats(kind: Kind) {
     drop(w);
     wait_connections(&mut a, 2);
     // gearmand unregisters the functions after the connection leaves `workers`.
-    wait_list(&mut a, "status", |r| r.iter().all(|row| row.ends_with("\t0")));
-    assert_eq!(rows(&a.list("status")), ["resize\t2\t0\t0", "thumb\t0\t0\t0"]);
+    let status = wait_list(&mut a, "status", |r| r.iter().all(|row| row.ends_with("\t0")));
+    assert_eq!(status, ["resize\t2\t0\t0", "thumb\t0\t0\t0"]);
     assert_eq!(rows(&a.list("prioritystatus")), ["resize\t1\t1\t0\t0", "thumb\t0\t0\t0\t0"]);
 }
 both!(case_list_formats, ours_list_formats, real_list_formats);
@@ -548,8 +548,8 @@ fn scenario(s: &Server) -> Vec<String> {
     wait_connections(&mut a, 3);
     // gearmand drops a closed connection from `workers` before its processing thread
     // unregisters the worker's functions, so wait for that too: w2 alone could do `slow`.
-    wait_list(&mut a, "status", |r| r.iter().any(|row| row == "slow\t0\t0\t0"));
-    out.push(format!("{:?}", rows(&a.list("status"))));
+    let status = wait_list(&mut a, "status", |r| r.iter().any(|row| row == "slow\t0\t0\t0"));
+    out.push(format!("{status:?}"));
     out.push(format!("{:?}", rows(&a.list("prioritystatus"))));
     out.push(format!("{:?}", rows(&a.list("show jobs"))));
     out.push(format!("{:?}", rows(&a.list("show unique jobs"))));
