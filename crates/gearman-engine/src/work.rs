@@ -367,6 +367,27 @@ impl Engine {
         true
     }
 
+    /// The one client the data of a final result (`command`: WORK_COMPLETE or
+    /// WORK_EXCEPTION) that `conn` is sending for the job `handle` can go to without
+    /// passing through the engine: the job runs on `conn` and exactly one client
+    /// listens. If so, later submits stop joining the job, as for
+    /// [`Engine::drop_result_data`]: a client that joined meanwhile would get a result
+    /// without its data. The result itself, with the data read so far, must still be
+    /// handled; the server sends the rest to the client after it.
+    pub fn forward_result_data(&mut self, conn: ConnId, handle: &[u8], command: Command) -> Option<ConnId> {
+        if !matches!(command, Command::WorkComplete | Command::WorkException) {
+            return None;
+        }
+        let jid = self.job_by_handle(strip_trailing_nul(handle))?;
+        let job = self.jobs.get(jid)?;
+        if job.listeners.len() != 1 || job.state != JobState::Running(conn) {
+            return None;
+        }
+        let client = *job.listeners.front()?;
+        self.stop_coalescing(jid);
+        Some(client)
+    }
+
     /// Whether `conn` runs jobs and nobody listens to the results of any of them: a
     /// hint that its next large result need not be read (see `drop_result_data`).
     pub fn runs_only_unwanted_results(&self, conn: ConnId) -> bool {

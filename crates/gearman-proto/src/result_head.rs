@@ -13,6 +13,8 @@ use crate::{Command, Magic, HEADER_BYTES};
 /// the front of a buffer: its header and its first argument, the job handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResultHead<'a> {
+    /// Which result it is.
+    pub command: Command,
     /// The job handle, without its NUL.
     pub handle: &'a [u8],
     /// Size of the whole packet, header included.
@@ -30,7 +32,8 @@ pub fn result_head(buf: &[u8]) -> Option<ResultHead<'_>> {
     if Magic::from_bytes(&word(0)?) != Some(Magic::Req) {
         return None;
     }
-    if !Command::from_code(u32::from_be_bytes(word(4)?))?.carries_result_data() {
+    let command = Command::from_code(u32::from_be_bytes(word(4)?))?;
+    if !command.carries_result_data() {
         return None;
     }
     let size = usize::try_from(u32::from_be_bytes(word(8)?)).ok()?;
@@ -38,6 +41,7 @@ pub fn result_head(buf: &[u8]) -> Option<ResultHead<'_>> {
     let body = buf.get(HEADER_BYTES..packet_len.min(buf.len()))?;
     let nul = body.iter().position(|&b| b == 0)?;
     Some(ResultHead {
+        command,
         handle: body.get(..nul)?,
         packet_len,
         head_len: HEADER_BYTES.checked_add(nul)?.checked_add(1)?,
@@ -45,8 +49,10 @@ pub fn result_head(buf: &[u8]) -> Option<ResultHead<'_>> {
 }
 
 /// Turns the result packet at the front of `buf` (which holds nothing after it) into
-/// the same result with empty data: what it holds past `head_len` is dropped, and its
-/// size says that the data ends there. The caller drops the data not read yet.
+/// the same result with its data cut at `head_len`: what it holds past that is
+/// dropped, and its size says that the data ends there. The caller drops or forwards
+/// the data not read yet. `head_len` from [`ResultHead`] leaves the data empty;
+/// `buf.len()` keeps what was read of it.
 pub fn cut_result_data(buf: &mut BytesMut, head_len: usize) {
     buf.truncate(head_len);
     let size = u32::try_from(head_len.saturating_sub(HEADER_BYTES)).unwrap_or(u32::MAX);
@@ -77,7 +83,7 @@ mod tests {
             let head = result_head(&b[..20]).expect("head");
             assert_eq!(
                 head,
-                ResultHead { handle: b"H:x:1", packet_len: b.len(), head_len: HEADER_BYTES + 6 }
+                ResultHead { command, handle: b"H:x:1", packet_len: b.len(), head_len: HEADER_BYTES + 6 }
             );
         }
     }
@@ -124,6 +130,32 @@ mod tests {
                     prop_assert_eq!(p.command, Command::WorkComplete);
                     prop_assert_eq!(p.arg(0), &handle[..]);
                     prop_assert_eq!(p.arg(1), b"");
+                }
+                other => panic!("decoded {other:?}"),
+            }
+            prop_assert!(b.is_empty());
+        }
+
+        /// Cut at the end of what arrived, a result decodes as the same result with
+        /// the data that arrived: the rest can follow it separately.
+        #[test]
+        fn a_result_cut_where_it_stops_keeps_the_data_read_so_far(
+            handle in proptest::collection::vec(1u8..=255, 1..40),
+            data in proptest::collection::vec(any::<u8>(), 1..3000),
+            at in any::<prop::sample::Index>(),
+        ) {
+            let whole = packet(Magic::Req, Command::WorkException, &[&handle, &data]);
+            let head_len = HEADER_BYTES + handle.len() + 1;
+            let read = at.index(data.len());
+            let mut b = BytesMut::from(&whole[..head_len + read]);
+            prop_assert_eq!(result_head(&b).map(|h| h.command), Some(Command::WorkException));
+            let end = b.len();
+            cut_result_data(&mut b, end);
+            match decode(&mut b, &Limits::default()) {
+                Ok(Some(Frame::Packet(p))) => {
+                    prop_assert_eq!(p.command, Command::WorkException);
+                    prop_assert_eq!(p.arg(0), &handle[..]);
+                    prop_assert_eq!(p.arg(1), &data[..read]);
                 }
                 other => panic!("decoded {other:?}"),
             }

@@ -12,8 +12,12 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{now_ms, Shared};
+use crate::core::{now_ms, Forward, Router, Shared};
 use crate::outbound::{Flushed, Outbound};
+use crate::pipe::{Filled, Pipe, FORWARD_MAX_BYTES, FORWARD_MIN_BYTES};
+
+/// Whether results can be forwarded through pipes here (see [`crate::pipe`]).
+const PIPES: bool = cfg!(target_os = "linux");
 
 /// Read buffer size; reads larger than this just take several turns.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -150,7 +154,7 @@ pub(crate) async fn serve(
             Ok(0) | Err(_) => break,
             Ok(n) => read_since_yield += n,
         }
-        let Some(mut ran) = run_frames(&shared, conn, &mut buf, &limits.frames) else {
+        let Some(mut ran) = run_frames(&shared, conn, &mut buf, &limits.frames, None) else {
             break;
         };
         if let Some(head) = ran.unwanted {
@@ -160,6 +164,13 @@ pub(crate) async fn serve(
             };
             let Some(cut) = cut else { break };
             ran = cut;
+        } else if let Some(head) = ran.forward {
+            let sent = tokio::select! {
+                r = forward_result_data(&shared, conn, &rd, &mut buf, &limits.frames, head, ran) => r,
+                _ = done.cancelled() => break,
+            };
+            let Some(sent) = sent else { break };
+            ran = sent;
         }
         // The packet now arriving if its header is in, else the largest just run.
         match gearman_proto::pending_packet_len(&buf) {
@@ -170,7 +181,12 @@ pub(crate) async fn serve(
         if ran.largest_result > 0 {
             result_len = ran.largest_result;
         }
-        head_only = ran.results_unwanted && result_len >= DISCARD_MIN_BYTES;
+        // A worker whose latest result was large may well send another: read only
+        // its head, so that its data can be dropped or forwarded without being read.
+        // Whether it can be is only known once the head is in (the worker may get a
+        // job whose client listens meanwhile); if not, reading it costs one more read.
+        head_only = (ran.results_unwanted && result_len >= DISCARD_MIN_BYTES)
+            || (PIPES && result_len >= FORWARD_MIN_BYTES);
         if outbound.is_closing() {
             break;
         }
@@ -206,12 +222,21 @@ struct Ran {
     results_unwanted: bool,
     /// A result whose head ends `buf` and whose data is to be dropped unread.
     unwanted: Option<UnwantedResult>,
+    /// A result whose head ends `buf` and whose data is to go to its client unread.
+    forward: Option<ForwardHead>,
 }
 
-/// Decodes every complete frame in `buf` and runs them under one engine lock.
-/// Returns `None` when the connection must close (framing error).
-fn run_frames(shared: &Shared, conn: ConnId, buf: &mut BytesMut, limits: &Limits) -> Option<Ran> {
-    shared.with_engine(|engine, out| {
+/// Decodes every complete frame in `buf` and runs them under one engine lock, with
+/// `forward`'s data following the result it belongs to. Returns `None` when the
+/// connection must close (framing error).
+fn run_frames(
+    shared: &Shared,
+    conn: ConnId,
+    buf: &mut BytesMut,
+    limits: &Limits,
+    forward: Option<Forward>,
+) -> Option<Ran> {
+    shared.with_engine_forwarding(forward, |engine, out| {
         let now = now_ms();
         let (mut largest, mut largest_result) = (0, 0);
         loop {
@@ -230,7 +255,17 @@ fn run_frames(shared: &Shared, conn: ConnId, buf: &mut BytesMut, limits: &Limits
                     // Claimed inside this critical section rather than under a lock of
                     // its own taken afterwards: one lock per read, large results included.
                     let unwanted = unwanted_result(engine, conn, buf);
-                    return Some(Ran { largest, largest_result, results_unwanted, unwanted });
+                    let forward = match unwanted {
+                        None => forwardable_result(engine, out, conn, buf),
+                        Some(_) => None,
+                    };
+                    return Some(Ran {
+                        largest,
+                        largest_result,
+                        results_unwanted,
+                        unwanted,
+                        forward,
+                    });
                 }
                 Err(e) => {
                     reject(conn, &e, out);
@@ -260,7 +295,7 @@ fn unwanted_result(engine: &mut Engine, conn: ConnId, buf: &[u8]) -> Option<Unwa
     if !cfg!(target_os = "linux") {
         return None;
     }
-    let ResultHead { handle, packet_len, head_len } = gearman_proto::result_head(buf)?;
+    let ResultHead { handle, packet_len, head_len, .. } = gearman_proto::result_head(buf)?;
     if packet_len.saturating_sub(buf.len()) < DISCARD_MIN_BYTES {
         return None;
     }
@@ -274,6 +309,73 @@ struct UnwantedResult {
     packet_len: usize,
     /// Header, handle and its NUL.
     head_len: usize,
+}
+
+/// The head of the final result that `buf` holds (and nothing after it) if its data
+/// is large and not in yet and goes to one client only: the job runs on `conn` and
+/// exactly one client listens to it, over a socket. The engine then stops other
+/// clients from joining the job ([`Engine::forward_result_data`]). `None` where
+/// there are no pipes to forward it through.
+fn forwardable_result(engine: &mut Engine, out: &Router<'_>, conn: ConnId, buf: &[u8]) -> Option<ForwardHead> {
+    if !PIPES {
+        return None;
+    }
+    let ResultHead { command, handle, packet_len, .. } = gearman_proto::result_head(buf)?;
+    if !(FORWARD_MIN_BYTES..=FORWARD_MAX_BYTES).contains(&packet_len.saturating_sub(buf.len())) {
+        return None;
+    }
+    let to = engine.forward_result_data(conn, handle, command)?;
+    out.takes_pipes(to).then_some(ForwardHead { to, command, packet_len })
+}
+
+/// A result found by [`forwardable_result`].
+#[derive(Debug, Clone, Copy)]
+struct ForwardHead {
+    /// The client its data goes to.
+    to: ConnId,
+    command: Command,
+    /// Size of the whole packet, header included.
+    packet_len: usize,
+}
+
+/// Moves the data of `head`'s result that is not in `buf` yet into a pipe as it
+/// arrives, then runs the result with the data read so far; the client gets the
+/// pipe's bytes after them. If no pipe can hold the data, it is read as usual
+/// instead: `ran`, what the read before found, is returned as it is. `None` when the
+/// connection must close.
+async fn forward_result_data(
+    shared: &Shared,
+    conn: ConnId,
+    rd: &OwnedReadHalf,
+    buf: &mut BytesMut,
+    limits: &Limits,
+    head: ForwardHead,
+    ran: Ran,
+) -> Option<Ran> {
+    let unread = head.packet_len.saturating_sub(buf.len());
+    let read_instead = Ran { forward: None, ..ran };
+    let Ok(mut pipe) = Pipe::with_room(unread) else { return Some(read_instead) };
+    let stream: &TcpStream = rd.as_ref();
+    while pipe.len() < unread {
+        stream.readable().await.ok()?;
+        let want = unread - pipe.len();
+        match stream.try_io(tokio::io::Interest::READABLE, || pipe.fill_from(stream, want)) {
+            Ok(Filled::Moved(0)) => return None,
+            Ok(Filled::Moved(_)) => {}
+            Ok(Filled::PipeFull) => {
+                pipe.read_into(buf).ok()?;
+                return Some(read_instead);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return None,
+        }
+    }
+    let end = buf.len();
+    gearman_proto::cut_result_data(buf, end);
+    let forward = Forward { to: head.to, command: head.command, pipe };
+    let ran = run_frames(shared, conn, buf, limits, Some(forward))?;
+    // The size as sent, so that the next read is again a head only.
+    Some(Ran { largest: head.packet_len, largest_result: head.packet_len, ..ran })
 }
 
 /// Drops the data of `head`'s result that is not in `buf` yet as it arrives, then
@@ -290,7 +392,7 @@ async fn discard_result_data(
     discard(rd, unread).await.ok()?;
     shared.dropped_result_bytes.fetch_add(unread as u64, Ordering::Relaxed);
     gearman_proto::cut_result_data(buf, head.head_len);
-    let ran = run_frames(shared, conn, buf, limits)?;
+    let ran = run_frames(shared, conn, buf, limits, None)?;
     // The size as sent, so that the next read is again a head only.
     Some(Ran { largest: head.packet_len, largest_result: head.packet_len, ..ran })
 }

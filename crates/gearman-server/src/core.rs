@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::outbound::Outbound;
+use crate::pipe::Pipe;
 
 /// Engine and routes, always locked together.
 pub(crate) struct Core {
@@ -47,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) store_stats: Mutex<crate::monitor::StoreStats>,
     /// Bytes of results nobody listened to that connections dropped unread.
     pub(crate) dropped_result_bytes: AtomicU64,
+    /// Bytes of results passed from worker to client through pipes, unread.
+    pub(crate) forwarded_result_bytes: AtomicU64,
 }
 
 impl Shared {
@@ -61,6 +64,7 @@ impl Shared {
             store_tx,
             store_stats: Mutex::new(crate::monitor::StoreStats::default()),
             dropped_result_bytes: AtomicU64::new(0),
+            forwarded_result_bytes: AtomicU64::new(0),
         }
     }
 
@@ -68,13 +72,30 @@ impl Shared {
     /// what it produced (waking a writer only where the socket was full) and, if
     /// needed, wakes the timer task.
     pub(crate) fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, &mut Router<'_>) -> R) -> R {
+        self.with_engine_forwarding(None, f)
+    }
+
+    /// [`Shared::with_engine`], with result data waiting in a pipe for the packet
+    /// the engine sends next to the forward's client with its command. If the
+    /// engine sends none (the client left, the job timed out), the data is dropped.
+    pub(crate) fn with_engine_forwarding<R>(
+        &self,
+        forward: Option<Forward>,
+        f: impl FnOnce(&mut Engine, &mut Router<'_>) -> R,
+    ) -> R {
         let mut touched = Vec::new();
-        let (result, next, ops) = {
+        let forwarding = forward.as_ref().map_or(0, |f| f.pipe.len() as u64);
+        let (result, next, ops, unsent) = {
             let mut core = self.core.lock();
             let Core { engine, routes, store_ops } = &mut *core;
-            let mut router = Router { routes, touched: &mut touched, store_ops };
+            let mut router = Router { routes, touched: &mut touched, store_ops, forward };
             let r = f(engine, &mut router);
-            (r, engine.next_deadline(), std::mem::take(store_ops))
+            let unsent = router.forward.take();
+            (r, engine.next_deadline(), std::mem::take(store_ops), unsent)
+        };
+        match unsent {
+            Some(_) => self.dropped_result_bytes.fetch_add(forwarding, Ordering::Relaxed),
+            None => self.forwarded_result_bytes.fetch_add(forwarding, Ordering::Relaxed),
         };
         if !ops.is_empty() {
             if let Some(tx) = &self.store_tx {
@@ -104,14 +125,29 @@ impl Shared {
     }
 }
 
+/// Result data in a pipe, to follow the data of the next packet with `command`
+/// that the engine sends `to` (see [`crate::pipe`]).
+#[derive(Debug)]
+pub(crate) struct Forward {
+    pub(crate) to: ConnId,
+    pub(crate) command: Command,
+    pub(crate) pipe: Pipe,
+}
+
 /// The [`Outbox`] the server gives the engine.
 pub(crate) struct Router<'a> {
     pub(crate) routes: &'a mut Vec<Option<Arc<Outbound>>>,
     touched: &'a mut Vec<Arc<Outbound>>,
     store_ops: &'a mut Vec<StoreOp>,
+    forward: Option<Forward>,
 }
 
 impl Router<'_> {
+    /// Whether output for `conn` may come out of a pipe: it has a socket.
+    pub(crate) fn takes_pipes(&self, conn: ConnId) -> bool {
+        self.routes.get(conn).and_then(Option::as_ref).is_some_and(|o| o.has_socket())
+    }
+
     fn route(&mut self, conn: ConnId) -> Option<&Arc<Outbound>> {
         let out = self.routes.get(conn)?.as_ref()?;
         // Usually the same few connections: a linear check beats hashing here.
@@ -130,6 +166,12 @@ impl Outbox for Router<'_> {
     }
 
     fn packet_data(&mut self, conn: ConnId, command: Command, head: &[&[u8]], data: &Bytes) {
+        if let Some(fwd) = self.forward.take_if(|f| f.to == conn && f.command == command) {
+            if let Some(out) = self.route(conn) {
+                out.packet_data_then(command, head, data, fwd.pipe);
+            }
+            return;
+        }
         if let Some(out) = self.route(conn) {
             out.packet_data(command, head, data);
         }

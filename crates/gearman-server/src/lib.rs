@@ -21,6 +21,7 @@ pub mod logging;
 mod monitor;
 mod outbound;
 mod persist;
+mod pipe;
 mod server;
 
 pub use gearman_engine::EngineConfig;

@@ -98,6 +98,7 @@ struct Snapshot {
     connections: usize,
     worker_connections: usize,
     dropped_result_bytes: u64,
+    forwarded_result_bytes: u64,
     store: Option<StoreStats>,
 }
 
@@ -109,7 +110,16 @@ fn snapshot(shared: &Shared) -> Snapshot {
     };
     let store = shared.store_tx.as_ref().map(|_| shared.store_stats.lock().clone());
     let dropped_result_bytes = shared.dropped_result_bytes.load(std::sync::atomic::Ordering::Relaxed);
-    Snapshot { stats, functions, connections, worker_connections, dropped_result_bytes, store }
+    let forwarded_result_bytes = shared.forwarded_result_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    Snapshot {
+        stats,
+        functions,
+        connections,
+        worker_connections,
+        dropped_result_bytes,
+        forwarded_result_bytes,
+        store,
+    }
 }
 
 /// Serves one accepted monitor connection until the peer closes it or the server stops.
@@ -277,6 +287,8 @@ fn render_metrics(s: &Snapshot) -> String {
     counter(&mut o, "gearman_jobs_timed_out_total", "CAN_DO_TIMEOUT deadlines that fired.", st.timed_out);
     let help = "Result data that no client listened to, dropped without being read.";
     counter(&mut o, "gearman_result_bytes_dropped_total", help, s.dropped_result_bytes);
+    let help = "Result data passed from worker to client through a pipe, without being read.";
+    counter(&mut o, "gearman_result_bytes_forwarded_total", help, s.forwarded_result_bytes);
     let help = "Time from submit or requeue to assignment.";
     histogram(&mut o, "gearman_job_queue_seconds", help, &st.queue_time, 1e3);
     let help = "Time from assignment to the job's result.";

@@ -30,6 +30,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::pipe::Pipe;
+
 /// A buffer that grew past this for one huge reply is replaced once drained.
 const MAX_IDLE_BUFFER_BYTES: usize = 1024 * 1024;
 
@@ -40,13 +42,22 @@ pub(crate) const SHARE_ARG_BYTES: usize = 16 * 1024;
 /// Most buffers handed to one vectored write.
 const MAX_WRITE_SLICES: usize = 64;
 
-/// Bytes waiting to be sent, in order: shared segments first, then `tail`, where
-/// small output is copied. A shared segment closes the tail off into a segment of
-/// its own, so order is kept.
+/// Bytes waiting to be sent, in order: segments first, then `tail`, where small
+/// output is copied. A segment closes the tail off into a segment of its own, so
+/// order is kept.
 #[derive(Debug, Default)]
 struct Queue {
-    segs: VecDeque<Bytes>,
+    segs: VecDeque<Seg>,
     tail: BytesMut,
+}
+
+/// Output queued by reference rather than copied.
+#[derive(Debug)]
+enum Seg {
+    /// A shared view of the buffer a large argument arrived in.
+    Shared(Bytes),
+    /// Result data still in a pipe, spliced to the socket (see [`crate::pipe`]).
+    Pipe(Pipe),
 }
 
 impl Queue {
@@ -55,8 +66,8 @@ impl Queue {
     }
 
     fn is_empty(&self) -> bool {
-        // No segment is ever empty: only non-empty tails and large arguments become
-        // segments, and `advance` drops a segment once it is sent.
+        // No segment is ever empty: only non-empty tails, large arguments and filled
+        // pipes become segments, and a segment is dropped once it is sent.
         self.segs.is_empty() && self.tail.is_empty()
     }
 
@@ -70,49 +81,81 @@ impl Queue {
     /// Appends `head + [data]` as one packet, `data` by reference when it is large.
     /// Returns the bytes added.
     fn packet_data(&mut self, command: Command, head: &[&[u8]], data: &Bytes) -> usize {
+        self.packet_data_then(command, head, data, None)
+    }
+
+    /// Appends `head + [data + what pipe holds]` as one packet: `data` (by reference
+    /// when it is large), then the pipe's bytes. Returns the bytes added.
+    fn packet_data_then(&mut self, command: Command, head: &[&[u8]], data: &Bytes, pipe: Option<Pipe>) -> usize {
+        let piped = pipe.as_ref().map_or(0, Pipe::len);
         let before = self.tail.len();
-        encode_prefix(Magic::Res, command, head, data.len(), &mut self.tail);
+        encode_prefix(Magic::Res, command, head, data.len() + piped, &mut self.tail);
         let prefix = self.tail.len() - before;
         if data.len() >= SHARE_ARG_BYTES {
-            self.push_shared(data.clone());
+            self.push_seg(Seg::Shared(data.clone()));
         } else {
             self.tail.extend_from_slice(data);
         }
-        prefix + data.len()
+        if let Some(pipe) = pipe.filter(|p| p.len() > 0) {
+            self.push_seg(Seg::Pipe(pipe));
+        }
+        prefix + data.len() + piped
     }
 
-    /// Appends bytes by reference, after everything queued so far.
-    fn push_shared(&mut self, b: Bytes) {
+    /// Appends a segment, after everything queued so far.
+    fn push_seg(&mut self, seg: Seg) {
         if !self.tail.is_empty() {
             // `split` keeps the rest of the allocation in `tail` for what comes next.
-            self.segs.push_back(self.tail.split().freeze());
+            self.segs.push_back(Seg::Shared(self.tail.split().freeze()));
         }
-        self.segs.push_back(b);
+        self.segs.push_back(seg);
     }
 
     /// Moves all of `other` to the end of this queue.
     fn append(&mut self, mut other: Queue) {
-        for b in other.segs.drain(..) {
-            self.push_shared(b);
+        for seg in other.segs.drain(..) {
+            self.push_seg(seg);
         }
         self.tail.extend_from_slice(&other.tail);
     }
 
-    /// Fills `slices` with the front of the queue, in order; returns how many.
+    /// The pipe at the front of the queue, if the next bytes to send are in one.
+    fn front_pipe(&mut self) -> Option<&mut Pipe> {
+        match self.segs.front_mut() {
+            Some(Seg::Pipe(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Drops the front segment if it is an emptied pipe.
+    fn pop_empty_pipe(&mut self) {
+        if matches!(self.segs.front(), Some(Seg::Pipe(p)) if p.len() == 0) {
+            self.segs.pop_front();
+        }
+    }
+
+    /// Fills `slices` with the front of the queue, in order, up to the first pipe;
+    /// returns how many.
     fn io_slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
-        let bufs = self.segs.iter().map(|b| &b[..]).chain(std::iter::once(&self.tail[..]));
+        let piped = self.segs.iter().any(|s| matches!(s, Seg::Pipe(_)));
+        let shared = self.segs.iter().map_while(|s| match s {
+            Seg::Shared(b) => Some(&b[..]),
+            Seg::Pipe(_) => None,
+        });
+        let tail = (!piped).then_some(&self.tail[..]);
         let mut n = 0;
-        for (slot, b) in slices.iter_mut().zip(bufs.filter(|b| !b.is_empty())) {
+        for (slot, b) in slices.iter_mut().zip(shared.chain(tail).filter(|b| !b.is_empty())) {
             *slot = IoSlice::new(b);
             n += 1;
         }
         n
     }
 
-    /// Drops the first `n` bytes (a write may end inside any segment).
+    /// Drops the first `n` bytes, all of them before the first pipe (a write may end
+    /// inside any segment).
     fn advance(&mut self, mut n: usize) {
         while n > 0 {
-            let Some(front) = self.segs.front_mut() else { break };
+            let Some(Seg::Shared(front)) = self.segs.front_mut() else { break };
             if n < front.len() {
                 front.advance(n);
                 return;
@@ -120,13 +163,22 @@ impl Queue {
             n -= front.len();
             self.segs.pop_front();
         }
-        self.tail.advance(n.min(self.tail.len()));
+        if self.segs.is_empty() {
+            self.tail.advance(n.min(self.tail.len()));
+        }
     }
 
     /// Appends every queued byte to `into`, in order, and empties the queue.
     fn drain_into(&mut self, into: &mut BytesMut) {
-        for b in self.segs.drain(..) {
-            into.extend_from_slice(&b);
+        for seg in self.segs.drain(..) {
+            match seg {
+                Seg::Shared(b) => into.extend_from_slice(&b),
+                Seg::Pipe(mut p) => {
+                    if let Err(e) = p.read_into(into) {
+                        tracing::warn!("lost result data held in a pipe: {e}");
+                    }
+                }
+            }
         }
         into.extend_from_slice(&self.tail);
         self.tail.clear();
@@ -190,21 +242,30 @@ impl Pending {
         moved
     }
 
-    /// Writes `ready` through `write` (one vectored write per call) until it is
-    /// empty or `write` stops taking bytes.
-    fn write_with(&mut self, mut write: impl FnMut(&[IoSlice<'_>]) -> std::io::Result<usize>) -> Flushed {
+    /// Writes `ready` through `write` (one vectored write per call) and its pipes
+    /// through `splice`, until it is empty or the socket stops taking bytes.
+    fn write_with(
+        &mut self,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> std::io::Result<usize>,
+        mut splice: impl FnMut(&mut Pipe) -> std::io::Result<usize>,
+    ) -> Flushed {
         while !self.ready.is_empty() {
-            let written = {
+            let written = if let Some(pipe) = self.ready.front_pipe() {
+                let r = splice(pipe);
+                self.ready.pop_empty_pipe();
+                r
+            } else {
                 let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
                 let n = self.ready.io_slices(&mut slices);
-                write(slices.get(..n).unwrap_or_default())
+                let r = write(slices.get(..n).unwrap_or_default());
+                if let Ok(n) = r {
+                    self.ready.advance(n);
+                }
+                r
             };
             match written {
                 Ok(0) => return Flushed::Failed,
-                Ok(n) => {
-                    self.ready.advance(n);
-                    self.bytes = self.bytes.saturating_sub(n);
-                }
+                Ok(n) => self.bytes = self.bytes.saturating_sub(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flushed::Blocked,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return Flushed::Failed,
@@ -281,6 +342,19 @@ impl Outbound {
         self.append(|q| q.packet_data(command, head, data));
     }
 
+    /// Appends a response packet whose last argument is `data` followed by what
+    /// `pipe` holds (a result whose data is forwarded without being read, see
+    /// [`crate::pipe`]).
+    pub(crate) fn packet_data_then(&self, command: Command, head: &[&[u8]], data: &Bytes, pipe: Pipe) {
+        self.append(|q| q.packet_data_then(command, head, data, Some(pipe)));
+    }
+
+    /// Whether output can go out of a pipe straight to a socket here; the HTTP
+    /// front's virtual connections have no socket.
+    pub(crate) fn has_socket(&self) -> bool {
+        self.socket.is_some()
+    }
+
     /// Appends raw text (admin replies).
     pub(crate) fn text(&self, text: &[u8]) {
         self.append(|q| {
@@ -348,10 +422,16 @@ impl Outbound {
     pub(crate) fn flush(&self) -> Flushed {
         let Some(socket) = &self.socket else { return Flushed::Blocked };
         // Small output is one contiguous buffer: a plain write, as before segments.
-        self.pending.lock().write_with(|slices| match slices {
-            [one] => socket.try_write(one),
-            _ => socket.try_write_vectored(slices),
-        })
+        let stream: &tokio::net::TcpStream = socket.as_ref();
+        self.pending.lock().write_with(
+            |slices| match slices {
+                [one] => socket.try_write(one),
+                _ => socket.try_write_vectored(slices),
+            },
+            // Through tokio, so that a full socket clears its write readiness and
+            // the writer task waits for it like after any other short write.
+            |pipe| stream.try_io(tokio::io::Interest::WRITABLE, || pipe.drain_to(stream)),
+        )
     }
 
     /// Flushes, and wakes the writer task only if something is left (or there is no
@@ -437,6 +517,22 @@ mod tests {
         b.to_vec()
     }
 
+    /// A pipe holding `data`, filled from a socket as a worker's result would be.
+    fn piped(data: &[u8]) -> Pipe {
+        use std::io::Write;
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        b.set_nonblocking(true).expect("non-blocking");
+        a.write_all(data).expect("write");
+        let mut pipe = Pipe::with_room(data.len()).expect("pipe");
+        while pipe.len() < data.len() {
+            match pipe.fill_from(&b, data.len() - pipe.len()).expect("splice") {
+                crate::pipe::Filled::Moved(n) => assert!(n > 0, "the socket holds the data"),
+                crate::pipe::Filled::PipeFull => panic!("a pipe with room for twice the data filled up"),
+            }
+        }
+        pipe
+    }
+
     /// Queues a mix of small and large packets and text; returns the bytes expected.
     fn queue_mixed(o: &Outbound, big: &[Bytes]) -> Vec<u8> {
         let mut want = Vec::new();
@@ -453,6 +549,12 @@ mod tests {
             want.extend(wire(Command::WorkComplete, &[h.as_bytes(), &small]));
             o.packet_data(Command::EchoRes, &[], data);
             want.extend(wire(Command::EchoRes, &[data]));
+            if cfg!(target_os = "linux") {
+                // A result whose data arrived partly read and partly in a pipe.
+                let (read, rest) = data.split_at(data.len() / 3);
+                o.packet_data_then(Command::WorkComplete, &[h.as_bytes()], &Bytes::copy_from_slice(read), piped(rest));
+                want.extend(wire(Command::WorkComplete, &[h.as_bytes(), data]));
+            }
             o.packet(Command::Noop, &[]);
             want.extend(wire(Command::Noop, &[]));
         }
@@ -470,7 +572,7 @@ mod tests {
             // The two large payloads are queued by reference, twice each; the one
             // just under the threshold is copied.
             for (data, refs) in big.iter().zip([2, 2, 0]) {
-                let shared = p.ready.segs.iter().filter(|s| s.as_ptr() == data.as_ptr()).count();
+                let shared = p.ready.segs.iter().filter(|s| matches!(s, Seg::Shared(b) if b.as_ptr() == data.as_ptr())).count();
                 assert_eq!(shared, refs, "{} bytes", data.len());
             }
         }
@@ -509,36 +611,45 @@ mod tests {
             let o = Outbound::new(1 << 26, CancellationToken::new());
             let want = queue_mixed(&o, big.get(..packets).unwrap_or_default());
             assert!(packets < 40 || o.pending.lock().ready.segs.len() > MAX_WRITE_SLICES);
-            let mut got = Vec::new();
+            let got = std::cell::RefCell::new(Vec::new());
             let mut calls = 0usize;
             let mut p = o.pending.lock();
             loop {
-                let r = p.write_with(|slices| {
-                    calls += 1;
-                    assert!(slices.len() <= MAX_WRITE_SLICES);
-                    assert!(slices.iter().all(|s| !s.is_empty()));
-                    if calls.is_multiple_of(3) {
-                        return Err(std::io::ErrorKind::WouldBlock.into());
-                    }
-                    let mut left = step;
-                    for s in slices {
-                        let n = s.len().min(left);
-                        got.extend_from_slice(s.get(..n).unwrap_or_default());
-                        left -= n;
-                        if left == 0 {
-                            break;
+                let r = p.write_with(
+                    |slices| {
+                        calls += 1;
+                        assert!(slices.len() <= MAX_WRITE_SLICES);
+                        assert!(slices.iter().all(|s| !s.is_empty()));
+                        if calls.is_multiple_of(3) {
+                            return Err(std::io::ErrorKind::WouldBlock.into());
                         }
-                    }
-                    Ok(step - left)
-                });
+                        let mut left = step;
+                        for s in slices {
+                            let n = s.len().min(left);
+                            got.borrow_mut().extend_from_slice(s.get(..n).unwrap_or_default());
+                            left -= n;
+                            if left == 0 {
+                                break;
+                            }
+                        }
+                        Ok(step - left)
+                    },
+                    |pipe| {
+                        let mut b = BytesMut::new();
+                        pipe.read_into(&mut b)?;
+                        got.borrow_mut().extend_from_slice(&b);
+                        Ok(b.len())
+                    },
+                );
                 match r {
                     Flushed::All => break,
                     Flushed::Blocked => {}
                     Flushed::Failed => panic!("the mock writer never fails"),
                 }
                 // The budget drops by exactly what was written.
-                assert_eq!(p.bytes, want.len() - got.len());
+                assert_eq!(p.bytes, want.len() - got.borrow().len());
             }
+            let got = got.into_inner();
             assert_eq!(got.len(), want.len(), "step {step}");
             assert!(got == want, "step {step}: bytes differ");
             assert_eq!(p.bytes, 0);

@@ -1,0 +1,194 @@
+//! A pipe that carries the data of one large result from a worker's socket to its
+//! client's socket with splice(2): the kernel moves page references, so the server
+//! never copies the data in or out, which at 64 KiB is most of a foreground job's
+//! cost to it (Linux only; elsewhere results are read as usual).
+
+/// Data of this size or more is worth a pipe: below it, the pipe's own system calls
+/// cost more than the copies they save.
+pub(crate) const FORWARD_MIN_BYTES: usize = 32 * 1024;
+
+/// Largest data forwarded through a pipe; larger results are read as usual. Its
+/// pipe takes twice as much room (see [`Pipe::with_room`]), within Linux's default
+/// `fs.pipe-max-size` of 1 MiB.
+pub(crate) const FORWARD_MAX_BYTES: usize = 512 * 1024;
+
+#[cfg(target_os = "linux")]
+pub(crate) use linux::Pipe;
+#[cfg(not(target_os = "linux"))]
+pub(crate) use other::Pipe;
+
+/// What [`Pipe::fill_from`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filled {
+    /// Moved this many bytes (0: the peer closed its side).
+    Moved(usize),
+    /// The pipe has no room left while the socket still holds data: the data came in
+    /// more pieces than the pipe has slots. The caller reads the rest as usual.
+    PipeFull,
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::io;
+    use std::mem::MaybeUninit;
+    use std::os::fd::{AsFd, OwnedFd};
+
+    use bytes::{BufMut, BytesMut};
+    use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+    use parking_lot::Mutex;
+
+    use super::Filled;
+
+    /// Emptied pipes kept for the next results: creating, sizing and closing one
+    /// are four system calls, as many as forwarding a result takes.
+    static IDLE: Mutex<Vec<Ends>> = Mutex::new(Vec::new());
+
+    /// Most emptied pipes kept (two descriptors each).
+    const MAX_IDLE: usize = 32;
+
+    /// A pipe's two ends and its capacity in bytes.
+    #[derive(Debug)]
+    struct Ends {
+        rd: OwnedFd,
+        wr: OwnedFd,
+        capacity: usize,
+    }
+
+    /// A pipe holding part or all of one result's data, in order. Dropped empty, it
+    /// goes back to a pool of idle pipes.
+    #[derive(Debug)]
+    pub(crate) struct Pipe {
+        /// Always `Some` until dropped, when the ends go back to the pool.
+        ends: Option<Ends>,
+        /// Bytes in the pipe.
+        len: usize,
+    }
+
+    impl Pipe {
+        /// A pipe with room for `n` bytes even when they arrive in page-sized pieces
+        /// or smaller: each piece takes a slot of its own, so the pipe gets twice the
+        /// slots that `n` bytes in whole pages would need.
+        pub(crate) fn with_room(n: usize) -> io::Result<Pipe> {
+            let want = n.saturating_mul(2).max(64 * 1024);
+            let idle = {
+                let mut idle = IDLE.lock();
+                let fit = idle.iter().position(|e| e.capacity >= want);
+                fit.map(|i| idle.swap_remove(i))
+            };
+            if let Some(ends) = idle {
+                return Ok(Pipe { ends: Some(ends), len: 0 });
+            }
+            let (rd, wr) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+            let size = fcntl(&wr, FcntlArg::F_SETPIPE_SZ(i32::try_from(want).unwrap_or(i32::MAX)))?;
+            let capacity = usize::try_from(size).unwrap_or(0);
+            if capacity < want {
+                return Err(io::ErrorKind::OutOfMemory.into());
+            }
+            Ok(Pipe { ends: Some(Ends { rd, wr, capacity }), len: 0 })
+        }
+
+        /// Bytes in the pipe.
+        pub(crate) fn len(&self) -> usize {
+            self.len
+        }
+
+        fn ends(&self) -> io::Result<&Ends> {
+            self.ends.as_ref().ok_or_else(|| io::ErrorKind::NotConnected.into())
+        }
+
+        /// Moves up to `n` bytes from the socket `src` into the pipe, without waiting.
+        pub(crate) fn fill_from(&mut self, src: impl AsFd, n: usize) -> io::Result<Filled> {
+            let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+            match splice(&src, None, &self.ends()?.wr, None, n, flags) {
+                Ok(k) => {
+                    self.len = self.len.saturating_add(k);
+                    Ok(Filled::Moved(k))
+                }
+                // Either the socket is empty (wait for it) or the pipe is full: a
+                // peek tells which. Answering WouldBlock for a full pipe would clear
+                // the socket's readiness while data waits in it, and nothing would
+                // wake its reader again.
+                Err(nix::errno::Errno::EAGAIN) => {
+                    let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+                    match socket2::SockRef::from(&src).peek(&mut probe) {
+                        Ok(0) => Ok(Filled::Moved(0)),
+                        Ok(_) => Ok(Filled::PipeFull),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+
+        /// Moves what the pipe holds to the socket `dst`, as much as it takes without
+        /// waiting. Returns the bytes moved.
+        pub(crate) fn drain_to(&mut self, dst: impl AsFd) -> io::Result<usize> {
+            let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+            let k = splice(&self.ends()?.rd, None, &dst, None, self.len, flags)?;
+            self.len = self.len.saturating_sub(k);
+            Ok(k)
+        }
+
+        /// Appends what the pipe holds to `into` and empties it: for a forward that
+        /// falls back, or output for a connection without a socket; both rare, so
+        /// a plain copy through a scratch buffer will do.
+        pub(crate) fn read_into(&mut self, into: &mut BytesMut) -> io::Result<()> {
+            let mut scratch = vec![0u8; self.len.min(64 * 1024)];
+            while self.len > 0 {
+                let k = nix::unistd::read(&self.ends()?.rd, &mut scratch)?;
+                if k == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                into.put_slice(scratch.get(..k).unwrap_or_default());
+                self.len = self.len.saturating_sub(k);
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for Pipe {
+        fn drop(&mut self) {
+            // A pipe that still holds data (a socket failed mid-forward) is closed,
+            // and its data with it.
+            if self.len > 0 {
+                return;
+            }
+            let mut idle = IDLE.lock();
+            if idle.len() < MAX_IDLE {
+                idle.extend(self.ends.take());
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod other {
+    use std::io;
+    use std::os::fd::AsFd;
+
+    use bytes::BytesMut;
+
+    use super::Filled;
+
+    /// No value exists: results are never forwarded outside Linux.
+    #[derive(Debug)]
+    pub(crate) enum Pipe {}
+
+    impl Pipe {
+        pub(crate) fn with_room(_n: usize) -> io::Result<Pipe> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        pub(crate) fn len(&self) -> usize {
+            match *self {}
+        }
+        pub(crate) fn fill_from(&mut self, _src: impl AsFd, _n: usize) -> io::Result<Filled> {
+            match *self {}
+        }
+        pub(crate) fn drain_to(&mut self, _dst: impl AsFd) -> io::Result<usize> {
+            match *self {}
+        }
+        pub(crate) fn read_into(&mut self, _into: &mut BytesMut) -> io::Result<()> {
+            match *self {}
+        }
+    }
+}
