@@ -452,7 +452,8 @@ fn final_result_data_is_forwarded_only_to_the_one_client_of_this_workers_job() {
     h.can_do(other, "f");
     h.submit_ok(c, Command::SubmitJob, "f", "u1", "one", "H:t:1");
     h.submit_ok(c, Command::SubmitJobBg, "f", "u2", "bg", "H:t:2");
-    let fwd = |h: &mut Harness, w, handle: &str, command| h.e.forward_result_data(w, handle.as_bytes(), command);
+    let fwd =
+        |h: &mut Harness, w, handle: &str, command| h.e.forward_result_data(w, handle.as_bytes(), command);
     assert_eq!(fwd(&mut h, w, "H:t:1", Command::WorkComplete), None, "not assigned yet");
     assert_eq!(h.grab(w), vec![assign(w, "H:t:1", "f", "one")]);
     assert_eq!(fwd(&mut h, other, "H:t:1", Command::WorkComplete), None, "another worker's job");
@@ -461,14 +462,21 @@ fn final_result_data_is_forwarded_only_to_the_one_client_of_this_workers_job() {
     h.submit_ok(c2, Command::SubmitJob, "f", "u1", "one", "H:t:1");
     assert_eq!(fwd(&mut h, w, "H:t:1", Command::WorkComplete), None, "two clients listen");
     h.disconnect(c2);
-    assert_eq!(fwd(&mut h, w, "H:t:1\0", Command::WorkException), Some(c), "a trailing NUL names the same job");
+    assert_eq!(
+        fwd(&mut h, w, "H:t:1\0", Command::WorkException),
+        Some(c),
+        "a trailing NUL names the same job"
+    );
     // The job no longer takes joiners: the same unique is a new job.
     let c3 = h.connect();
     h.submit_ok(c3, Command::SubmitJob, "f", "u1", "one", "H:t:3");
     assert_eq!(h.grab(w), vec![assign(w, "H:t:2", "f", "bg")]);
     assert_eq!(fwd(&mut h, w, "H:t:2", Command::WorkComplete), None, "nobody listens");
     // The result, with the data read so far, completes the job as usual.
-    assert_eq!(h.complete(w, "H:t:1", "par"), vec![Sent::Packet(c, Command::WorkComplete, vec![b"H:t:1".to_vec(), b"par".to_vec()])]);
+    assert_eq!(
+        h.complete(w, "H:t:1", "par"),
+        vec![Sent::Packet(c, Command::WorkComplete, vec![b"H:t:1".to_vec(), b"par".to_vec()])]
+    );
     assert_eq!(h.admin_text("status"), "f\t2\t1\t2\n.\n");
 }
 

@@ -259,13 +259,7 @@ fn run_frames(
                         None => forwardable_result(engine, out, conn, buf),
                         Some(_) => None,
                     };
-                    return Some(Ran {
-                        largest,
-                        largest_result,
-                        results_unwanted,
-                        unwanted,
-                        forward,
-                    });
+                    return Some(Ran { largest, largest_result, results_unwanted, unwanted, forward });
                 }
                 Err(e) => {
                     reject(conn, &e, out);
@@ -316,7 +310,12 @@ struct UnwantedResult {
 /// exactly one client listens to it, over a socket. The engine then stops other
 /// clients from joining the job ([`Engine::forward_result_data`]). `None` where
 /// there are no pipes to forward it through.
-fn forwardable_result(engine: &mut Engine, out: &Router<'_>, conn: ConnId, buf: &[u8]) -> Option<ForwardHead> {
+fn forwardable_result(
+    engine: &mut Engine,
+    out: &Router<'_>,
+    conn: ConnId,
+    buf: &[u8],
+) -> Option<ForwardHead> {
     if !PIPES {
         return None;
     }

@@ -86,7 +86,13 @@ impl Queue {
 
     /// Appends `head + [data + what pipe holds]` as one packet: `data` (by reference
     /// when it is large), then the pipe's bytes. Returns the bytes added.
-    fn packet_data_then(&mut self, command: Command, head: &[&[u8]], data: &Bytes, pipe: Option<Pipe>) -> usize {
+    fn packet_data_then(
+        &mut self,
+        command: Command,
+        head: &[&[u8]],
+        data: &Bytes,
+        pipe: Option<Pipe>,
+    ) -> usize {
         let piped = pipe.as_ref().map_or(0, Pipe::len);
         let before = self.tail.len();
         encode_prefix(Magic::Res, command, head, data.len() + piped, &mut self.tail);
@@ -552,7 +558,12 @@ mod tests {
             if cfg!(target_os = "linux") {
                 // A result whose data arrived partly read and partly in a pipe.
                 let (read, rest) = data.split_at(data.len() / 3);
-                o.packet_data_then(Command::WorkComplete, &[h.as_bytes()], &Bytes::copy_from_slice(read), piped(rest));
+                o.packet_data_then(
+                    Command::WorkComplete,
+                    &[h.as_bytes()],
+                    &Bytes::copy_from_slice(read),
+                    piped(rest),
+                );
                 want.extend(wire(Command::WorkComplete, &[h.as_bytes(), data]));
             }
             o.packet(Command::Noop, &[]);
@@ -572,7 +583,12 @@ mod tests {
             // The two large payloads are queued by reference, twice each; the one
             // just under the threshold is copied.
             for (data, refs) in big.iter().zip([2, 2, 0]) {
-                let shared = p.ready.segs.iter().filter(|s| matches!(s, Seg::Shared(b) if b.as_ptr() == data.as_ptr())).count();
+                let shared = p
+                    .ready
+                    .segs
+                    .iter()
+                    .filter(|s| matches!(s, Seg::Shared(b) if b.as_ptr() == data.as_ptr()))
+                    .count();
                 assert_eq!(shared, refs, "{} bytes", data.len());
             }
         }

@@ -192,3 +192,87 @@ mod other {
         }
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+#[allow(clippy::panic)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use bytes::BytesMut;
+
+    use super::{Filled, Pipe};
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Fills a pipe from `rx` until `want` bytes are in it or it reports full.
+    fn fill(pipe: &mut Pipe, rx: &UnixStream, want: usize) -> Filled {
+        loop {
+            match pipe.fill_from(rx, want - pipe.len()) {
+                Ok(Filled::Moved(_)) if pipe.len() < want => {}
+                Ok(other) => return other,
+                // The writer is behind.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("splice: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn data_goes_from_socket_to_socket_through_a_pipe_in_order() {
+        let data = pattern(200 * 1024);
+        let (mut tx, rx) = UnixStream::pair().expect("pair");
+        let (out_tx, mut out_rx) = UnixStream::pair().expect("pair");
+        rx.set_nonblocking(true).expect("non-blocking");
+        std::thread::scope(|s| {
+            s.spawn(|| tx.write_all(&data).expect("write"));
+            let reader = s.spawn(move || {
+                let mut got = Vec::new();
+                std::io::Read::read_to_end(&mut out_rx, &mut got).expect("read");
+                got
+            });
+            let mut pipe = Pipe::with_room(data.len()).expect("pipe");
+            let mut sent = 0;
+            while sent < data.len() {
+                match fill(&mut pipe, &rx, (data.len() - sent).min(64 * 1024)) {
+                    Filled::Moved(0) => panic!("the writer closed early"),
+                    Filled::Moved(_) => {}
+                    Filled::PipeFull => panic!("a pipe with twice the room filled up"),
+                }
+                while pipe.len() > 0 {
+                    sent += pipe.drain_to(&out_tx).expect("splice out");
+                }
+            }
+            drop(pipe);
+            drop(out_tx);
+            assert!(reader.join().expect("reader") == data, "bytes differ");
+        });
+    }
+
+    /// Data sent in many small pieces takes a pipe slot each: a pipe runs out of
+    /// slots before bytes, says so (rather than waiting on a socket that still holds
+    /// data), and gives back what it took, in order.
+    #[test]
+    fn a_pipe_out_of_slots_says_so_and_gives_its_bytes_back() {
+        let data = pattern(16 * 1024);
+        let (mut tx, rx) = UnixStream::pair().expect("pair");
+        rx.set_nonblocking(true).expect("non-blocking");
+        for piece in data.chunks(64) {
+            tx.write_all(piece).expect("write");
+        }
+        let mut pipe = Pipe::with_room(data.len()).expect("pipe");
+        assert_eq!(fill(&mut pipe, &rx, data.len()), Filled::PipeFull);
+        assert!(pipe.len() < data.len());
+        let mut got = BytesMut::new();
+        pipe.read_into(&mut got).expect("read back");
+        assert_eq!(pipe.len(), 0);
+        let mut rest = vec![0u8; data.len() - got.len()];
+        std::io::Read::read_exact(&mut &rx, &mut rest).expect("the rest is still in the socket");
+        got.extend_from_slice(&rest);
+        assert!(got[..] == data[..], "bytes differ");
+    }
+}
