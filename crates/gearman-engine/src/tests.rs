@@ -452,8 +452,9 @@ fn final_result_data_is_forwarded_only_to_the_one_client_of_this_workers_job() {
     h.can_do(other, "f");
     h.submit_ok(c, Command::SubmitJob, "f", "u1", "one", "H:t:1");
     h.submit_ok(c, Command::SubmitJobBg, "f", "u2", "bg", "H:t:2");
-    let fwd =
-        |h: &mut Harness, w, handle: &str, command| h.e.forward_result_data(w, handle.as_bytes(), command);
+    let fwd = |h: &mut Harness, w, handle: &str, command| {
+        h.e.forward_result_data(w, handle.as_bytes(), command, |_| true)
+    };
     assert_eq!(fwd(&mut h, w, "H:t:1", Command::WorkComplete), None, "not assigned yet");
     assert_eq!(h.grab(w), vec![assign(w, "H:t:1", "f", "one")]);
     assert_eq!(fwd(&mut h, other, "H:t:1", Command::WorkComplete), None, "another worker's job");
@@ -462,6 +463,15 @@ fn final_result_data_is_forwarded_only_to_the_one_client_of_this_workers_job() {
     h.submit_ok(c2, Command::SubmitJob, "f", "u1", "one", "H:t:1");
     assert_eq!(fwd(&mut h, w, "H:t:1", Command::WorkComplete), None, "two clients listen");
     h.disconnect(c2);
+    assert_eq!(
+        h.e.forward_result_data(w, b"H:t:1", Command::WorkComplete, |_| false),
+        None,
+        "the server can't"
+    );
+    // ... and then the job still takes joiners.
+    let c4 = h.connect();
+    h.submit_ok(c4, Command::SubmitJob, "f", "u1", "one", "H:t:1");
+    h.disconnect(c4);
     assert_eq!(
         fwd(&mut h, w, "H:t:1\0", Command::WorkException),
         Some(c),

@@ -370,11 +370,18 @@ impl Engine {
     /// The one client the data of a final result (`command`: WORK_COMPLETE or
     /// WORK_EXCEPTION) that `conn` is sending for the job `handle` can go to without
     /// passing through the engine: the job runs on `conn` and exactly one client
-    /// listens. If so, later submits stop joining the job, as for
-    /// [`Engine::drop_result_data`]: a client that joined meanwhile would get a result
-    /// without its data. The result itself, with the data read so far, must still be
-    /// handled; the server sends the rest to the client after it.
-    pub fn forward_result_data(&mut self, conn: ConnId, handle: &[u8], command: Command) -> Option<ConnId> {
+    /// listens, and `takes(client)` (the server can send that client data this way).
+    /// If so, later submits stop joining the job, as for [`Engine::drop_result_data`]:
+    /// a client that joined meanwhile would get a result without its data. The result
+    /// itself, with the data read so far, must still be handled; the server sends the
+    /// rest to the client after it.
+    pub fn forward_result_data(
+        &mut self,
+        conn: ConnId,
+        handle: &[u8],
+        command: Command,
+        takes: impl FnOnce(ConnId) -> bool,
+    ) -> Option<ConnId> {
         if !matches!(command, Command::WorkComplete | Command::WorkException) {
             return None;
         }
@@ -384,6 +391,9 @@ impl Engine {
             return None;
         }
         let client = *job.listeners.front()?;
+        if !takes(client) {
+            return None;
+        }
         self.stop_coalescing(jid);
         Some(client)
     }

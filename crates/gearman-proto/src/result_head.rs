@@ -1,9 +1,10 @@
 //! A worker's result packet recognised from its first bytes, before its data is in.
 //!
 //! The data of a result nobody listens to (a background job's WORK_COMPLETE, say) is
-//! thrown away by the server. Knowing the packet's command, size and job handle from
-//! its head lets a reader drop the rest of the data as it arrives instead of reading
-//! it, and then hand on the same result with empty data.
+//! thrown away by the server, and that of a final result with one client can go
+//! straight from socket to socket. Knowing the packet's command, size and job handle
+//! from its head lets a reader drop or forward the rest of the data as it arrives
+//! instead of reading it, and then hand on the same result with the data it read.
 
 use bytes::BytesMut;
 

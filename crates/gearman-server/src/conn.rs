@@ -323,8 +323,8 @@ fn forwardable_result(
     if !(FORWARD_MIN_BYTES..=FORWARD_MAX_BYTES).contains(&packet_len.saturating_sub(buf.len())) {
         return None;
     }
-    let to = engine.forward_result_data(conn, handle, command)?;
-    out.takes_pipes(to).then_some(ForwardHead { to, command, packet_len })
+    let to = engine.forward_result_data(conn, handle, command, |c| out.takes_pipes(c))?;
+    Some(ForwardHead { to, command, packet_len })
 }
 
 /// A result found by [`forwardable_result`].

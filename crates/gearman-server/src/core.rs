@@ -93,10 +93,15 @@ impl Shared {
             let unsent = router.forward.take();
             (r, engine.next_deadline(), std::mem::take(store_ops), unsent)
         };
-        match unsent {
-            Some(_) => self.dropped_result_bytes.fetch_add(forwarding, Ordering::Relaxed),
-            None => self.forwarded_result_bytes.fetch_add(forwarding, Ordering::Relaxed),
-        };
+        // Only when there was a forward: a shared counter touched on every call
+        // would bounce its cache line between the runtime's threads.
+        if forwarding > 0 {
+            let counter = match unsent {
+                Some(_) => &self.dropped_result_bytes,
+                None => &self.forwarded_result_bytes,
+            };
+            counter.fetch_add(forwarding, Ordering::Relaxed);
+        }
         if !ops.is_empty() {
             if let Some(tx) = &self.store_tx {
                 // The store task runs until the server stops; a send after that is moot.
