@@ -46,14 +46,28 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
 /// Sends WORK_COMPLETE: its head alone first, then the data in pieces with pauses, so
 /// that the server sees the head before the data and the data arrives while it drops it.
 fn send_result_slowly(w: &mut Conn, handle: &[u8], data: &[u8]) {
-    let whole = req(WORK_COMPLETE, &[handle, data]);
+    send_result_split(w, WORK_COMPLETE, handle, data, |w, rest| {
+        for piece in rest.chunks(64 * 1024) {
+            w.send(piece);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+}
+
+/// Sends a result's head, waits until the server has surely read it, then hands the
+/// rest of the packet to `then` to send.
+fn send_result_split(
+    w: &mut Conn,
+    command: u32,
+    handle: &[u8],
+    data: &[u8],
+    then: impl FnOnce(&mut Conn, &[u8]),
+) {
+    let whole = req(command, &[handle, data]);
     let (head, rest) = whole.split_at(12 + handle.len() + 1);
     w.send(head);
     std::thread::sleep(Duration::from_millis(30));
-    for piece in rest.chunks(64 * 1024) {
-        w.send(piece);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    then(w, rest);
 }
 
 /// GRAB_JOB on `w`; the handle of the job assigned.
@@ -176,13 +190,12 @@ fn ours_a_submit_while_a_result_is_dropped_starts_a_new_job() {
     let bg = c.submit(SUBMIT_JOB_BG, "f", "same", "bg");
     w.can_do("f");
     assert_eq!(grab(&mut w), bg.as_bytes());
-    let whole = req(WORK_COMPLETE, &[bg.as_bytes(), &pattern(RESULT_BYTES, 3)]);
-    let (head, rest) = whole.split_at(12 + bg.len() + 1);
-    w.send(head);
-    std::thread::sleep(Duration::from_millis(30));
-    let fg = c.submit(SUBMIT_JOB, "f", "same", "fg");
-    assert_ne!(fg, bg, "joined the job whose result is being dropped");
-    w.send(rest);
+    let mut fg = String::new();
+    send_result_split(&mut w, WORK_COMPLETE, bg.as_bytes(), &pattern(RESULT_BYTES, 3), |w, rest| {
+        fg = c.submit(SUBMIT_JOB, "f", "same", "fg");
+        assert_ne!(fg, bg, "joined the job whose result is being dropped");
+        w.send(rest);
+    });
     echo_after(&mut w, 0);
     assert_eq!(grab(&mut w), fg.as_bytes());
     w.req(WORK_COMPLETE, &[&fg, "r"]);
@@ -248,11 +261,9 @@ fn ours_an_exception_forwarded_to_a_client_without_exceptions_fails() {
     w.can_do("f");
     let handle = c.submit(SUBMIT_JOB, "f", "", "fg");
     assert_eq!(grab(&mut w), handle.as_bytes());
-    let whole = req(WORK_EXCEPTION, &[handle.as_bytes(), &pattern(RESULT_BYTES, 4)]);
-    let (head, rest) = whole.split_at(12 + handle.len() + 1);
-    w.send(head);
-    std::thread::sleep(Duration::from_millis(30));
-    w.send(rest);
+    send_result_split(&mut w, WORK_EXCEPTION, handle.as_bytes(), &pattern(RESULT_BYTES, 4), |w, rest| {
+        w.send(rest);
+    });
     c.want(WORK_FAIL, &[&handle]);
     echo_after(&mut w, 0);
     assert_dropped(monitor, 1);
@@ -268,13 +279,11 @@ fn ours_a_client_leaving_mid_forward_loses_only_its_result() {
     w.can_do("f");
     let handle = c.submit(SUBMIT_JOB, "f", "", "fg");
     assert_eq!(grab(&mut w), handle.as_bytes());
-    let whole = req(WORK_COMPLETE, &[handle.as_bytes(), &pattern(RESULT_BYTES, 5)]);
-    let (head, rest) = whole.split_at(12 + handle.len() + 1);
-    w.send(head);
-    std::thread::sleep(Duration::from_millis(30));
-    drop(c);
-    wait_connections(&mut admin, 2);
-    w.send(rest);
+    send_result_split(&mut w, WORK_COMPLETE, handle.as_bytes(), &pattern(RESULT_BYTES, 5), |w, rest| {
+        drop(c);
+        wait_connections(&mut admin, 2);
+        w.send(rest);
+    });
     echo_after(&mut w, 0);
     assert_dropped(monitor, 1);
     assert_forwarded(monitor, 0, 0);
