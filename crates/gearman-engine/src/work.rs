@@ -359,9 +359,9 @@ impl Engine {
     /// the data was being dropped would get the result without it. The result itself
     /// (with empty data) must still be handled.
     pub fn drop_result_data(&mut self, conn: ConnId, handle: &[u8]) -> bool {
-        let droppable = self.job_by_handle(strip_trailing_nul(handle)).filter(|&j| {
-            self.jobs.get(j).is_some_and(|j| j.state == JobState::Running(conn) && j.listeners.is_empty())
-        });
+        let droppable = self
+            .job_running_on(conn, strip_trailing_nul(handle))
+            .filter(|&j| self.jobs.get(j).is_some_and(|j| j.listeners.is_empty()));
         let Some(jid) = droppable else { return false };
         self.stop_coalescing(jid);
         true
@@ -385,9 +385,9 @@ impl Engine {
         if !matches!(command, Command::WorkComplete | Command::WorkException) {
             return None;
         }
-        let jid = self.job_by_handle(strip_trailing_nul(handle))?;
+        let jid = self.job_running_on(conn, strip_trailing_nul(handle))?;
         let job = self.jobs.get(jid)?;
-        if job.listeners.len() != 1 || job.state != JobState::Running(conn) {
+        if job.listeners.len() != 1 {
             return None;
         }
         let client = *job.listeners.front()?;
@@ -408,6 +408,13 @@ impl Engine {
                 .all(|&(jid, seq)| self.jobs.get(jid).is_some_and(|j| j.seq == seq && j.listeners.is_empty()))
     }
 
+    /// The job named `handle` (without a trailing NUL) if it runs on `conn`: the
+    /// only job whose results `conn` may send.
+    fn job_running_on(&self, conn: ConnId, handle: &[u8]) -> Option<JobId> {
+        self.job_by_handle(handle)
+            .filter(|&j| self.jobs.get(j).is_some_and(|j| j.state == JobState::Running(conn)))
+    }
+
     pub(crate) fn work_result(&mut self, conn: ConnId, p: &Packet, now: NowMs, out: &mut dyn Outbox) {
         let raw_handle = p.arg(0);
         let handle = strip_trailing_nul(raw_handle);
@@ -420,10 +427,7 @@ impl Engine {
             );
             return;
         }
-        let owned = self
-            .job_by_handle(handle)
-            .filter(|&j| self.jobs.get(j).is_some_and(|j| j.state == JobState::Running(conn)));
-        let Some(jid) = owned else {
+        let Some(jid) = self.job_running_on(conn, handle) else {
             let text = match p.command {
                 Command::WorkData | Command::WorkWarning => "Job does not exist on server",
                 Command::WorkException => "An exception was received for a job that does not exist",

@@ -16,8 +16,9 @@ use crate::core::{now_ms, Forward, Router, Shared};
 use crate::outbound::{Flushed, Outbound};
 use crate::pipe::{Filled, Pipe, FORWARD_MAX_BYTES, FORWARD_MIN_BYTES};
 
-/// Whether results can be forwarded through pipes here (see [`crate::pipe`]).
-const PIPES: bool = cfg!(target_os = "linux");
+/// Whether a result's data can be left unread here: dropping it (`MSG_TRUNC`, see
+/// [`discard`]) and forwarding it (splice, see [`crate::pipe`]) are Linux only.
+const SKIPS_DATA: bool = cfg!(target_os = "linux");
 
 /// Read buffer size; reads larger than this just take several turns.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -157,20 +158,13 @@ pub(crate) async fn serve(
         let Some(mut ran) = run_frames(&shared, conn, &mut buf, &limits.frames, None) else {
             break;
         };
-        if let Some(head) = ran.unwanted {
-            let cut = tokio::select! {
-                r = discard_result_data(&shared, conn, &rd, &mut buf, &limits.frames, head) => r,
+        if let Some(unread) = ran.unread {
+            let skipped = tokio::select! {
+                r = skip_result_data(&shared, conn, &rd, &mut buf, &limits.frames, unread, ran) => r,
                 _ = done.cancelled() => break,
             };
-            let Some(cut) = cut else { break };
-            ran = cut;
-        } else if let Some(head) = ran.forward {
-            let sent = tokio::select! {
-                r = forward_result_data(&shared, conn, &rd, &mut buf, &limits.frames, head, ran) => r,
-                _ = done.cancelled() => break,
-            };
-            let Some(sent) = sent else { break };
-            ran = sent;
+            let Some(skipped) = skipped else { break };
+            ran = skipped;
         }
         // The packet now arriving if its header is in, else the largest just run.
         match gearman_proto::pending_packet_len(&buf) {
@@ -186,7 +180,7 @@ pub(crate) async fn serve(
         // Whether it can be is only known once the head is in (the worker may get a
         // job whose client listens meanwhile); if not, reading it costs one more read.
         head_only = (ran.results_unwanted && result_len >= DISCARD_MIN_BYTES)
-            || (PIPES && result_len >= FORWARD_MIN_BYTES);
+            || (SKIPS_DATA && result_len >= FORWARD_MIN_BYTES);
         if outbound.is_closing() {
             break;
         }
@@ -220,10 +214,8 @@ struct Ran {
     largest_result: usize,
     /// Afterwards, the connection runs jobs and nobody listens to their results.
     results_unwanted: bool,
-    /// A result whose head ends `buf` and whose data is to be dropped unread.
-    unwanted: Option<UnwantedResult>,
-    /// A result whose head ends `buf` and whose data is to go to its client unread.
-    forward: Option<ForwardHead>,
+    /// A result whose head ends `buf` and whose data is not to be read.
+    unread: Option<UnreadResult>,
 }
 
 /// Decodes every complete frame in `buf` and runs them under one engine lock, with
@@ -254,12 +246,8 @@ fn run_frames(
                     let results_unwanted = engine.runs_only_unwanted_results(conn);
                     // Claimed inside this critical section rather than under a lock of
                     // its own taken afterwards: one lock per read, large results included.
-                    let unwanted = unwanted_result(engine, conn, buf);
-                    let forward = match unwanted {
-                        None => forwardable_result(engine, out, conn, buf),
-                        Some(_) => None,
-                    };
-                    return Some(Ran { largest, largest_result, results_unwanted, unwanted, forward });
+                    let unread = unread_result(engine, out, conn, buf);
+                    return Some(Ran { largest, largest_result, results_unwanted, unread });
                 }
                 Err(e) => {
                     reject(conn, &e, out);
@@ -280,120 +268,94 @@ async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut, head_only: bool) 
     }
 }
 
-/// The head of the result packet that `buf` holds (and nothing after it) if its data
-/// is large and not in yet and goes nowhere: the job runs on `conn` and nobody
-/// listens to it; the engine then holds the job's data as dropped
-/// ([`Engine::drop_result_data`]). `None` on other systems than Linux, where
-/// [`discard`] is not available.
-fn unwanted_result(engine: &mut Engine, conn: ConnId, buf: &[u8]) -> Option<UnwantedResult> {
-    if !cfg!(target_os = "linux") {
+/// The result whose head `buf` holds (and nothing after it) if its data is large and
+/// not in yet, and need not be read ([`SKIPS_DATA`]):
+/// - dropped, when the job runs on `conn` and nobody listens to it; the engine then
+///   holds the job's data as dropped ([`Engine::drop_result_data`]);
+/// - forwarded, when it is a final result and exactly one client listens to it, over
+///   a socket; the engine then stops other clients from joining the job
+///   ([`Engine::forward_result_data`]).
+fn unread_result(engine: &mut Engine, out: &Router<'_>, conn: ConnId, buf: &[u8]) -> Option<UnreadResult> {
+    if !SKIPS_DATA {
         return None;
     }
-    let ResultHead { handle, packet_len, head_len, .. } = gearman_proto::result_head(buf)?;
-    if packet_len.saturating_sub(buf.len()) < DISCARD_MIN_BYTES {
+    let ResultHead { command, handle, packet_len, head_len } = gearman_proto::result_head(buf)?;
+    let unread = packet_len.saturating_sub(buf.len());
+    if unread >= DISCARD_MIN_BYTES && engine.drop_result_data(conn, handle) {
+        return Some(UnreadResult { packet_len, head_len, to: None });
+    }
+    if !(FORWARD_MIN_BYTES..=FORWARD_MAX_BYTES).contains(&unread) {
         return None;
     }
-    engine.drop_result_data(conn, handle).then_some(UnwantedResult { packet_len, head_len })
+    let to = engine.forward_result_data(conn, handle, command, |c| out.takes_pipes(c))?;
+    Some(UnreadResult { packet_len, head_len, to: Some((to, command)) })
 }
 
-/// Where the data of a result found by [`unwanted_result`] ends and starts.
+/// A result found by [`unread_result`].
 #[derive(Debug, Clone, Copy)]
-struct UnwantedResult {
+struct UnreadResult {
     /// Size of the whole packet, header included.
     packet_len: usize,
     /// Header, handle and its NUL.
     head_len: usize,
+    /// The client its data goes to, with the command it goes under; `None`: dropped.
+    to: Option<(ConnId, Command)>,
 }
 
-/// The head of the final result that `buf` holds (and nothing after it) if its data
-/// is large and not in yet and goes to one client only: the job runs on `conn` and
-/// exactly one client listens to it, over a socket. The engine then stops other
-/// clients from joining the job ([`Engine::forward_result_data`]). `None` where
-/// there are no pipes to forward it through.
-fn forwardable_result(
-    engine: &mut Engine,
-    out: &Router<'_>,
-    conn: ConnId,
-    buf: &[u8],
-) -> Option<ForwardHead> {
-    if !PIPES {
-        return None;
-    }
-    let ResultHead { command, handle, packet_len, .. } = gearman_proto::result_head(buf)?;
-    if !(FORWARD_MIN_BYTES..=FORWARD_MAX_BYTES).contains(&packet_len.saturating_sub(buf.len())) {
-        return None;
-    }
-    let to = engine.forward_result_data(conn, handle, command, |c| out.takes_pipes(c))?;
-    Some(ForwardHead { to, command, packet_len })
-}
-
-/// A result found by [`forwardable_result`].
-#[derive(Debug, Clone, Copy)]
-struct ForwardHead {
-    /// The client its data goes to.
-    to: ConnId,
-    command: Command,
-    /// Size of the whole packet, header included.
-    packet_len: usize,
-}
-
-/// Moves the data of `head`'s result that is not in `buf` yet into a pipe as it
-/// arrives, then runs the result with the data read so far; the client gets the
-/// pipe's bytes after them. If no pipe can hold the data, it is read as usual
-/// instead: `ran`, what the read before found, is returned as it is. `None` when the
-/// connection must close.
-async fn forward_result_data(
+/// Takes the data of `head`'s result that is not in `buf` yet as it arrives, without
+/// reading it: drops it, or moves it into a pipe for its client. Then runs the
+/// result with the data read so far (none when dropped); a forward's client gets
+/// the pipe's bytes after them. If no pipe can hold the data, it is read as usual
+/// instead: `ran`, what the read before found, is returned without `unread`. `None`
+/// when the connection must close.
+async fn skip_result_data(
     shared: &Shared,
     conn: ConnId,
     rd: &OwnedReadHalf,
     buf: &mut BytesMut,
     limits: &Limits,
-    head: ForwardHead,
+    head: UnreadResult,
     ran: Ran,
 ) -> Option<Ran> {
     let unread = head.packet_len.saturating_sub(buf.len());
-    let read_instead = Ran { forward: None, ..ran };
-    let Ok(mut pipe) = Pipe::with_room(unread) else { return Some(read_instead) };
+    let (cut_at, forward) = match head.to {
+        None => {
+            discard(rd, unread).await.ok()?;
+            shared.dropped_result_bytes.fetch_add(unread as u64, Ordering::Relaxed);
+            (head.head_len, None)
+        }
+        Some((to, command)) => match fill_pipe(rd, buf, unread).await? {
+            Some(pipe) => (buf.len(), Some(Forward { to, command, pipe })),
+            None => return Some(Ran { unread: None, ..ran }),
+        },
+    };
+    gearman_proto::cut_result_data(buf, cut_at);
+    let ran = run_frames(shared, conn, buf, limits, forward)?;
+    // The size as sent, so that the next read is again a head only.
+    Some(Ran { largest: head.packet_len, largest_result: head.packet_len, ..ran })
+}
+
+/// A pipe holding the next `n` bytes the peer sends, moved from the socket as they
+/// arrive. `Some(None)` when no pipe can hold them: what one took is then back in
+/// `buf`, and the rest is to be read as usual. `None` when the connection must close.
+async fn fill_pipe(rd: &OwnedReadHalf, buf: &mut BytesMut, n: usize) -> Option<Option<Pipe>> {
+    let Ok(mut pipe) = Pipe::with_room(n) else { return Some(None) };
     let stream: &TcpStream = rd.as_ref();
-    while pipe.len() < unread {
+    while pipe.len() < n {
         stream.readable().await.ok()?;
-        let want = unread - pipe.len();
+        let want = n - pipe.len();
         match stream.try_io(tokio::io::Interest::READABLE, || pipe.fill_from(stream, want)) {
             Ok(Filled::Moved(0)) => return None,
             Ok(Filled::Moved(_)) => {}
             Ok(Filled::PipeFull) => {
                 pipe.read_into(buf).ok()?;
-                return Some(read_instead);
+                return Some(None);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => return None,
         }
     }
-    let end = buf.len();
-    gearman_proto::cut_result_data(buf, end);
-    let forward = Forward { to: head.to, command: head.command, pipe };
-    let ran = run_frames(shared, conn, buf, limits, Some(forward))?;
-    // The size as sent, so that the next read is again a head only.
-    Some(Ran { largest: head.packet_len, largest_result: head.packet_len, ..ran })
-}
-
-/// Drops the data of `head`'s result that is not in `buf` yet as it arrives, then
-/// runs the result with its data cut off. `None` when the connection must close.
-async fn discard_result_data(
-    shared: &Shared,
-    conn: ConnId,
-    rd: &OwnedReadHalf,
-    buf: &mut BytesMut,
-    limits: &Limits,
-    head: UnwantedResult,
-) -> Option<Ran> {
-    let unread = head.packet_len.saturating_sub(buf.len());
-    discard(rd, unread).await.ok()?;
-    shared.dropped_result_bytes.fetch_add(unread as u64, Ordering::Relaxed);
-    gearman_proto::cut_result_data(buf, head.head_len);
-    let ran = run_frames(shared, conn, buf, limits, None)?;
-    // The size as sent, so that the next read is again a head only.
-    Some(Ran { largest: head.packet_len, largest_result: head.packet_len, ..ran })
+    Some(Some(pipe))
 }
 
 /// Drops the next `n` bytes the peer sends without reading them: `recv` with

@@ -523,22 +523,6 @@ mod tests {
         b.to_vec()
     }
 
-    /// A pipe holding `data`, filled from a socket as a worker's result would be.
-    fn piped(data: &[u8]) -> Pipe {
-        use std::io::Write;
-        let (mut a, b) = std::os::unix::net::UnixStream::pair().expect("socket pair");
-        b.set_nonblocking(true).expect("non-blocking");
-        a.write_all(data).expect("write");
-        let mut pipe = Pipe::with_room(data.len()).expect("pipe");
-        while pipe.len() < data.len() {
-            match pipe.fill_from(&b, data.len() - pipe.len()).expect("splice") {
-                crate::pipe::Filled::Moved(n) => assert!(n > 0, "the socket holds the data"),
-                crate::pipe::Filled::PipeFull => panic!("a pipe with room for twice the data filled up"),
-            }
-        }
-        pipe
-    }
-
     /// Queues a mix of small and large packets and text; returns the bytes expected.
     fn queue_mixed(o: &Outbound, big: &[Bytes]) -> Vec<u8> {
         let mut want = Vec::new();
@@ -562,7 +546,7 @@ mod tests {
                     Command::WorkComplete,
                     &[h.as_bytes()],
                     &Bytes::copy_from_slice(read),
-                    piped(rest),
+                    crate::pipe::holding(rest),
                 );
                 want.extend(wire(Command::WorkComplete, &[h.as_bytes(), data]));
             }

@@ -46,6 +46,9 @@ mod linux {
     /// Most emptied pipes kept (two descriptors each).
     const MAX_IDLE: usize = 32;
 
+    /// Never wait (the sockets are non-blocking too); move pages rather than copy.
+    const SPLICE_FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_NONBLOCK.union(SpliceFFlags::SPLICE_F_MOVE);
+
     /// A pipe's two ends and its capacity in bytes.
     #[derive(Debug)]
     struct Ends {
@@ -98,8 +101,7 @@ mod linux {
 
         /// Moves up to `n` bytes from the socket `src` into the pipe, without waiting.
         pub(crate) fn fill_from(&mut self, src: impl AsFd, n: usize) -> io::Result<Filled> {
-            let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
-            match splice(&src, None, &self.ends()?.wr, None, n, flags) {
+            match splice(&src, None, &self.ends()?.wr, None, n, SPLICE_FLAGS) {
                 Ok(k) => {
                     self.len = self.len.saturating_add(k);
                     Ok(Filled::Moved(k))
@@ -123,8 +125,7 @@ mod linux {
         /// Moves what the pipe holds to the socket `dst`, as much as it takes without
         /// waiting. Returns the bytes moved.
         pub(crate) fn drain_to(&mut self, dst: impl AsFd) -> io::Result<usize> {
-            let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
-            let k = splice(&self.ends()?.rd, None, &dst, None, self.len, flags)?;
+            let k = splice(&self.ends()?.rd, None, &dst, None, self.len, SPLICE_FLAGS)?;
             self.len = self.len.saturating_sub(k);
             Ok(k)
         }
@@ -193,6 +194,39 @@ mod other {
     }
 }
 
+/// Fills `pipe` from `rx` until `want` bytes are in it or it reports full (tests).
+#[cfg(test)]
+#[allow(clippy::panic)]
+fn fill(pipe: &mut Pipe, rx: &std::os::unix::net::UnixStream, want: usize) -> Filled {
+    loop {
+        match pipe.fill_from(rx, want - pipe.len()) {
+            Ok(Filled::Moved(_)) if pipe.len() < want => {}
+            Ok(other) => return other,
+            // The writer is behind.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => panic!("splice: {e}"),
+        }
+    }
+}
+
+/// A pipe holding `data`, filled from a socket as a worker's result would be (tests).
+#[cfg(test)]
+#[allow(clippy::panic)]
+pub(crate) fn holding(data: &[u8]) -> Pipe {
+    use std::io::Write;
+    let (mut tx, rx) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+    rx.set_nonblocking(true).expect("non-blocking");
+    tx.write_all(data).expect("write");
+    let mut pipe = Pipe::with_room(data.len()).expect("pipe");
+    match fill(&mut pipe, &rx, data.len()) {
+        Filled::Moved(n) => assert!(n > 0, "the socket holds the data"),
+        Filled::PipeFull => panic!("a pipe with room for twice the data filled up"),
+    }
+    pipe
+}
+
 #[cfg(all(test, target_os = "linux"))]
 #[allow(clippy::panic)]
 mod tests {
@@ -201,25 +235,10 @@ mod tests {
 
     use bytes::BytesMut;
 
-    use super::{Filled, Pipe};
+    use super::{fill, Filled, Pipe};
 
     fn pattern(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i % 251) as u8).collect()
-    }
-
-    /// Fills a pipe from `rx` until `want` bytes are in it or it reports full.
-    fn fill(pipe: &mut Pipe, rx: &UnixStream, want: usize) -> Filled {
-        loop {
-            match pipe.fill_from(rx, want - pipe.len()) {
-                Ok(Filled::Moved(_)) if pipe.len() < want => {}
-                Ok(other) => return other,
-                // The writer is behind.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                Err(e) => panic!("splice: {e}"),
-            }
-        }
     }
 
     #[test]
