@@ -101,25 +101,31 @@ mod linux {
 
         /// Moves up to `n` bytes from the socket `src` into the pipe, without waiting.
         pub(crate) fn fill_from(&mut self, src: impl AsFd, n: usize) -> io::Result<Filled> {
-            match splice(&src, None, &self.ends()?.wr, None, n, SPLICE_FLAGS) {
-                Ok(k) => {
-                    self.len = self.len.saturating_add(k);
-                    Ok(Filled::Moved(k))
-                }
-                // Either the socket is empty (wait for it) or the pipe is full: a
-                // peek tells which. Answering WouldBlock for a full pipe would clear
-                // the socket's readiness while data waits in it, and nothing would
-                // wake its reader again.
-                Err(nix::errno::Errno::EAGAIN) => {
-                    let mut probe = [MaybeUninit::<u8>::uninit(); 1];
-                    match socket2::SockRef::from(&src).peek(&mut probe) {
-                        Ok(0) => Ok(Filled::Moved(0)),
-                        Ok(_) => Ok(Filled::PipeFull),
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e.into()),
+            match self.splice_in(&src, n) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return done,
             }
+            // Either the socket was empty (wait for it) or the pipe is full.
+            // Answering WouldBlock for a full pipe would clear the socket's readiness
+            // while data waits in it, and nothing would wake its reader again. A peek
+            // that finds data does not settle it: the data may have arrived after the
+            // splice looked. But data stays in the socket until read, so a second
+            // splice that finds no room after the peek means a full pipe.
+            let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+            match socket2::SockRef::from(&src).peek(&mut probe)? {
+                0 => Ok(Filled::Moved(0)),
+                _ => match self.splice_in(&src, n) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Filled::PipeFull),
+                    done => done,
+                },
+            }
+        }
+
+        /// One non-blocking splice of up to `n` bytes from `src` into the pipe.
+        fn splice_in(&mut self, src: impl AsFd, n: usize) -> io::Result<Filled> {
+            let k = splice(&src, None, &self.ends()?.wr, None, n, SPLICE_FLAGS)?;
+            self.len = self.len.saturating_add(k);
+            Ok(Filled::Moved(k))
         }
 
         /// Moves what the pipe holds to the socket `dst`, as much as it takes without
@@ -270,6 +276,43 @@ mod tests {
             drop(out_tx);
             assert!(reader.join().expect("reader") == data, "bytes differ");
         });
+    }
+
+    /// A socket that is empty when the splice looks and holds data a moment later
+    /// is not a full pipe: the data keeps coming while the pipe fills, and a pipe with
+    /// room for all of it never says it is full.
+    #[test]
+    fn data_arriving_while_the_pipe_fills_never_reads_as_a_full_pipe() {
+        const PIECE: usize = 4 * 1024;
+        const PIECES: usize = 64;
+        let data = pattern(PIECE * PIECES);
+        for round in 0..20 {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let mut tx = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            let (rx, _) = listener.accept().expect("accept");
+            rx.set_nonblocking(true).expect("non-blocking");
+            let mut pipe = Pipe::with_room(data.len()).expect("pipe");
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for piece in data.chunks(PIECE) {
+                        tx.write_all(piece).expect("write");
+                        std::thread::yield_now();
+                    }
+                });
+                while pipe.len() < data.len() {
+                    match pipe.fill_from(&rx, data.len() - pipe.len()) {
+                        Ok(Filled::Moved(0)) => panic!("the writer closed early"),
+                        Ok(Filled::Moved(_)) => {}
+                        Ok(Filled::PipeFull) => panic!("round {round}: full after {} bytes", pipe.len()),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+                        Err(e) => panic!("splice: {e}"),
+                    }
+                }
+            });
+            let mut got = BytesMut::new();
+            pipe.read_into(&mut got).expect("read back");
+            assert!(got[..] == data[..], "bytes differ");
+        }
     }
 
     /// Data sent in many small pieces takes a pipe slot each: a pipe runs out of
