@@ -179,8 +179,8 @@ pub(crate) async fn serve(
         // its head, so that its data can be dropped or forwarded without being read.
         // Whether it can be is only known once the head is in (the worker may get a
         // job whose client listens meanwhile); if not, reading it costs one more read.
-        head_only = (ran.results_unwanted && result_len >= DISCARD_MIN_BYTES)
-            || (SKIPS_DATA && result_len >= FORWARD_MIN_BYTES);
+        head_only = SKIPS_DATA
+            && ((ran.results_unwanted && result_len >= DISCARD_MIN_BYTES) || result_len >= FORWARD_MIN_BYTES);
         if outbound.is_closing() {
             break;
         }
@@ -342,17 +342,14 @@ async fn fill_pipe(rd: &OwnedReadHalf, buf: &mut BytesMut, n: usize) -> Option<O
     let Ok(mut pipe) = Pipe::with_room(n) else { return Some(None) };
     let stream: &TcpStream = rd.as_ref();
     while pipe.len() < n {
-        stream.readable().await.ok()?;
         let want = n - pipe.len();
-        match stream.try_io(tokio::io::Interest::READABLE, || pipe.fill_from(stream, want)) {
-            Ok(Filled::Moved(0)) => return None,
+        match stream.async_io(tokio::io::Interest::READABLE, || pipe.fill_from(stream, want)).await {
+            Ok(Filled::Moved(0)) | Err(_) => return None,
             Ok(Filled::Moved(_)) => {}
             Ok(Filled::PipeFull) => {
                 pipe.read_into(buf).ok()?;
                 return Some(None);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return None,
         }
     }
     Some(Some(pipe))
@@ -371,21 +368,20 @@ async fn discard(rd: &OwnedReadHalf, mut n: usize) -> std::io::Result<()> {
     }
     let stream: &TcpStream = rd.as_ref();
     while n > 0 {
-        stream.readable().await?;
-        let got = stream.try_io(tokio::io::Interest::READABLE, || {
-            SCRATCH.with(|s| {
-                let mut s = s.borrow_mut();
-                let len = n.min(s.len());
-                let into = s.get_mut(..len).unwrap_or_default();
-                socket2::SockRef::from(stream).recv_with_flags(into, libc::MSG_TRUNC)
+        let got = stream
+            .async_io(tokio::io::Interest::READABLE, || {
+                SCRATCH.with(|s| {
+                    let mut s = s.borrow_mut();
+                    let len = n.min(s.len());
+                    let into = s.get_mut(..len).unwrap_or_default();
+                    socket2::SockRef::from(stream).recv_with_flags(into, libc::MSG_TRUNC)
+                })
             })
-        });
-        match got {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(k) => n = n.saturating_sub(k),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+            .await?;
+        if got == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
+        n = n.saturating_sub(got);
     }
     Ok(())
 }
