@@ -7,19 +7,35 @@
 //! server fails loudly against it instead of hanging. In particular it does not
 //! answer `status`: `bg-submit --no-drain` and `echo`, the scenarios meant for it,
 //! never ask.
+//!
+//! On Linux it does not read large data either ([`SKIP_MIN_BYTES`]), so that it stays
+//! a bound at 64 KiB too: a submit's data is dropped in the kernel (`recv` with
+//! `MSG_TRUNC`) and an echo's goes back through a pipe (`splice`), each without being
+//! copied to user space. A null server that read them paid one copy per direction,
+//! and a real server that avoids copies outran it.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bytes::BytesMut;
-use gearman_proto::{decode, encode_parts, Command, Frame, Limits, Magic, Packet};
+use bytes::{BufMut, BytesMut};
+use gearman_proto::{
+    decode, encode_parts, encode_prefix, request_head, Command, Frame, Limits, Magic, Packet, RequestHead,
+    HEADER_BYTES,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Read buffer size per connection.
 const READ_CHUNK: usize = 256 * 1024;
+
+/// Data at least this large, of a request the null server answers, is not read.
+const SKIP_MIN_BYTES: usize = 16 * 1024;
+
+/// What is read at a time after a request whose data was not read: enough for the
+/// head of the next one (and a few small packets), so that its data can be skipped too.
+const HEAD_READ_BYTES: usize = 4 * 1024;
 
 /// The answer to an admin line (gearmand's text for an unknown command).
 const ADMIN_REFUSAL: &[u8] = b"ERR UNKNOWN_COMMAND Unknown+server+command\n";
@@ -33,11 +49,7 @@ pub(crate) fn answer(p: &Packet, next_handle: &AtomicU64, out: &mut BytesMut) {
             | Command::SubmitJobHighBg
             | Command::SubmitJobLowBg
             | Command::SubmitJobEpoch,
-        ) => {
-            let n = next_handle.fetch_add(1, Relaxed) + 1;
-            let handle = itoa_handle(n);
-            encode_parts(Magic::Res, Command::JobCreated, &[handle.as_bytes()], out);
-        }
+        ) => job_created(next_handle, out),
         (Magic::Req, Command::EchoReq) => encode_parts(Magic::Res, Command::EchoRes, &[p.arg(0)], out),
         _ => encode_parts(
             Magic::Res,
@@ -46,6 +58,12 @@ pub(crate) fn answer(p: &Packet, next_handle: &AtomicU64, out: &mut BytesMut) {
             out,
         ),
     }
+}
+
+/// Appends a JOB_CREATED with the next handle.
+fn job_created(next_handle: &AtomicU64, out: &mut BytesMut) {
+    let n = next_handle.fetch_add(1, Relaxed) + 1;
+    encode_parts(Magic::Res, Command::JobCreated, &[itoa_handle(n).as_bytes()], out);
 }
 
 /// `H:null:<n>` as a byte buffer.
@@ -88,9 +106,21 @@ pub(crate) async fn serve(host: &str, port: u16) -> Result<()> {
     serve_on(listener).await
 }
 
+/// What the null server has counted since it started.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Handles given out so far.
+    handles: AtomicU64,
+    /// Bytes of data answered without being read (see [`SKIP_MIN_BYTES`]).
+    unread: AtomicU64,
+}
+
 /// Serves connections accepted on `listener`, forever.
 async fn serve_on(listener: TcpListener) -> Result<()> {
-    let handles = Arc::new(AtomicU64::new(0));
+    serve_counting(listener, Arc::default()).await
+}
+
+async fn serve_counting(listener: TcpListener, counters: Arc<Counters>) -> Result<()> {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -101,34 +131,201 @@ async fn serve_on(listener: TcpListener) -> Result<()> {
                 continue;
             }
         };
-        let handles = handles.clone();
+        let counters = counters.clone();
         tokio::spawn(async move {
-            let _ = connection(stream, &handles).await;
+            let _ = connection(stream, &counters).await;
         });
     }
 }
 
-async fn connection(mut stream: TcpStream, handles: &AtomicU64) -> Result<()> {
+async fn connection(mut stream: TcpStream, counters: &Counters) -> Result<()> {
     stream.set_nodelay(true)?;
     let limits = Limits::default();
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::with_capacity(64 * 1024);
+    let mut skipper = unread::Skipper::default();
+    let mut head_only = false;
     loop {
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
             rbuf.reserve(READ_CHUNK);
         }
-        if stream.read_buf(&mut rbuf).await? == 0 {
+        let n = if head_only && rbuf.is_empty() {
+            read_head(&mut stream, &mut rbuf, &mut wbuf).await?
+        } else {
+            stream.read_buf(&mut rbuf).await?
+        };
+        if n == 0 {
             return Ok(());
         }
         while let Some(frame) = decode(&mut rbuf, &limits)? {
             match frame {
-                Frame::Packet(p) => answer(&p, handles, &mut wbuf),
+                Frame::Packet(p) => answer(&p, &counters.handles, &mut wbuf),
                 Frame::AdminLine(_) => wbuf.extend_from_slice(ADMIN_REFUSAL),
             }
         }
-        if !wbuf.is_empty() {
+        head_only = false;
+        if let Some(head) = skippable(&rbuf) {
+            let unread = head.packet_len - rbuf.len();
+            if head.command == Command::EchoReq {
+                // The answer so far, then this echo's header and what came of its data.
+                encode_prefix(Magic::Res, Command::EchoRes, &[], head.packet_len - HEADER_BYTES, &mut wbuf);
+                wbuf.extend_from_slice(&rbuf[HEADER_BYTES..]);
+                stream.write_all(&wbuf).await?;
+                wbuf.clear();
+                skipper.echo(&stream, unread).await?;
+            } else {
+                skipper.drop(&stream, unread).await?;
+                job_created(&counters.handles, &mut wbuf);
+            }
+            rbuf.clear();
+            counters.unread.fetch_add(unread as u64, Relaxed);
+            head_only = true;
+        }
+        // After a skipped request its answer waits for the next read (see [`read_head`]).
+        if !head_only && !wbuf.is_empty() {
             stream.write_all(&wbuf).await?;
             wbuf.clear();
+        }
+    }
+}
+
+/// Reads the head of what follows a skipped request: at once if it is in, and if not,
+/// after sending the answers in `wbuf`. A run of large pipelined submits then gets its
+/// JOB_CREATEDs in one write, as a real server's reads of several at once give them.
+async fn read_head(
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    match stream.try_read_buf(&mut (&mut *rbuf).limit(HEAD_READ_BYTES)) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        read => return read,
+    }
+    stream.write_all(wbuf).await?;
+    wbuf.clear();
+    (&mut *stream).take(HEAD_READ_BYTES as u64).read_buf(rbuf).await
+}
+
+/// The request at the front of `buf` (which holds nothing after it) if the null
+/// server answers it and can leave its data, at least [`SKIP_MIN_BYTES`] of it still
+/// to come, unread.
+fn skippable(buf: &[u8]) -> Option<RequestHead> {
+    if !unread::SUPPORTED {
+        return None;
+    }
+    let head = request_head(buf)?;
+    let answered = matches!(
+        head.command,
+        Command::SubmitJobBg
+            | Command::SubmitJobHighBg
+            | Command::SubmitJobLowBg
+            | Command::SubmitJobEpoch
+            | Command::EchoReq
+    );
+    let unread = head.packet_len.checked_sub(buf.len())?;
+    (answered && unread >= SKIP_MIN_BYTES).then_some(head)
+}
+
+/// Data left in the socket: dropped there, or sent back through a pipe.
+#[cfg(target_os = "linux")]
+mod unread {
+    use std::io;
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    use nix::fcntl::{splice, FcntlArg, OFlag, SpliceFFlags};
+    use nix::sys::socket::{recv, MsgFlags};
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    /// Whether this system can skip data.
+    pub(super) const SUPPORTED: bool = true;
+
+    /// Pipe size asked for (it can be refused; the default, 64 KiB, works too).
+    const PIPE_BYTES: i32 = 256 * 1024;
+
+    /// A connection's means to skip data: a scratch buffer that `MSG_TRUNC` never
+    /// writes (so its pages are never touched), and a pipe made on first use.
+    #[derive(Default)]
+    pub(super) struct Skipper {
+        scratch: Vec<u8>,
+        pipe: Option<(OwnedFd, OwnedFd)>,
+    }
+
+    impl Skipper {
+        /// Drops the next `n` bytes from `stream` without reading them.
+        pub(super) async fn drop(&mut self, stream: &TcpStream, mut n: usize) -> io::Result<()> {
+            if self.scratch.is_empty() {
+                self.scratch = vec![0; super::READ_CHUNK];
+            }
+            while n > 0 {
+                let want = n.min(self.scratch.len());
+                let into = &mut self.scratch[..want];
+                let got = stream
+                    .async_io(Interest::READABLE, || Ok(recv(stream.as_raw_fd(), into, MsgFlags::MSG_TRUNC)?))
+                    .await?;
+                if got == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                n = n.saturating_sub(got);
+            }
+            Ok(())
+        }
+
+        /// Sends the next `n` bytes from `stream` back on it, through the pipe. The
+        /// pipe is empty whenever it is filled, so a fill that would block waits for
+        /// the socket, never for the pipe.
+        pub(super) async fn echo(&mut self, stream: &TcpStream, mut n: usize) -> io::Result<()> {
+            let (rd, wr) = match &self.pipe {
+                Some(p) => p,
+                None => {
+                    let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+                    let _ = nix::fcntl::fcntl(&wr, FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
+                    self.pipe.insert((rd, wr))
+                }
+            };
+            let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+            while n > 0 {
+                let moved = stream
+                    .async_io(Interest::READABLE, || Ok(splice(stream, None, wr, None, n, flags)?))
+                    .await?;
+                if moved == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                n = n.saturating_sub(moved);
+                let mut in_pipe = moved;
+                while in_pipe > 0 {
+                    let sent = stream
+                        .async_io(Interest::WRITABLE, || Ok(splice(rd, None, stream, None, in_pipe, flags)?))
+                        .await?;
+                    in_pipe = in_pipe.saturating_sub(sent);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Elsewhere every byte is read ([`skippable`] finds nothing to skip).
+#[cfg(not(target_os = "linux"))]
+mod unread {
+    use std::io;
+
+    use tokio::net::TcpStream;
+
+    /// Whether this system can skip data.
+    pub(super) const SUPPORTED: bool = false;
+
+    /// Never used: nothing is skipped here.
+    #[derive(Default)]
+    pub(super) struct Skipper;
+
+    impl Skipper {
+        pub(super) async fn drop(&mut self, _: &TcpStream, _: usize) -> io::Result<()> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+
+        pub(super) async fn echo(&mut self, _: &TcpStream, _: usize) -> io::Result<()> {
+            Err(io::ErrorKind::Unsupported.into())
         }
     }
 }
@@ -198,6 +395,56 @@ mod tests {
         assert_eq!(handles, [b"H:null:1".to_vec(), b"H:null:2".to_vec(), b"H:null:3".to_vec()]);
         assert!(matches!(&got[3], Frame::Packet(p) if p.command == Command::EchoRes && p.arg(0) == b"hi"));
         assert!(matches!(&got[4], Frame::AdminLine(l) if l.starts_with(b"ERR UNKNOWN_COMMAND")));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn large_data_is_answered_in_order_without_being_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counters = Arc::new(Counters::default());
+        let server = tokio::spawn(serve_counting(listener, counters.clone()));
+        let mut conn = crate::conn::Conn::connect(addr).await.unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let echo_big: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        // Large and small requests pipelined, so heads arrive in every position of a read.
+        for round in 0..3 {
+            conn.push(Command::SubmitJobBg, &[b"f", b"", &big]);
+            conn.push(Command::EchoReq, &[&echo_big]);
+            conn.push(Command::SubmitJobHighBg, &[b"f", b"u", b"small"]);
+            conn.push(Command::EchoReq, &[format!("small {round}").as_bytes()]);
+        }
+        let mut got = Vec::new();
+        let mut frames = Vec::new();
+        while got.len() < 12 {
+            conn.exchange(&mut frames, None).await.unwrap();
+            got.append(&mut frames);
+        }
+        let mut handle = 0;
+        for (i, f) in got.iter().enumerate() {
+            let Frame::Packet(p) = f else { panic!("frame {i}: {f:?}") };
+            match i % 4 {
+                0 | 2 => {
+                    handle += 1;
+                    assert_eq!(
+                        (p.command, p.arg(0)),
+                        (Command::JobCreated, format!("H:null:{handle}").as_bytes())
+                    );
+                }
+                1 => assert!(p.command == Command::EchoRes && p.arg(0) == echo_big, "frame {i}: big echo"),
+                _ => assert_eq!(
+                    (p.command, p.arg(0)),
+                    (Command::EchoRes, format!("small {}", i / 4).as_bytes())
+                ),
+            }
+        }
+        let unread = counters.unread.load(Relaxed);
+        if unread::SUPPORTED {
+            // Most of each large request's data; the rest came in with its head.
+            assert!(unread > 3 * (big.len() + echo_big.len()) as u64 / 2, "only {unread} bytes left unread");
+        } else {
+            assert_eq!(unread, 0);
+        }
         server.abort();
     }
 }

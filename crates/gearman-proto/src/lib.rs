@@ -21,4 +21,4 @@ pub use encode::{encode, encode_parts, encode_prefix, encoded_len};
 pub use error::ProtoError;
 pub use packet::{Magic, Packet, HEADER_BYTES};
 pub use priority::Priority;
-pub use result_head::{cut_result_data, result_head, ResultHead};
+pub use result_head::{cut_result_data, request_head, result_head, RequestHead, ResultHead};

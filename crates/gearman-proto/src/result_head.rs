@@ -1,4 +1,5 @@
-//! A worker's result packet recognised from its first bytes, before its data is in.
+//! A request recognised from its first bytes, before its data is in: the head of any
+//! request, and a worker's result in particular.
 //!
 //! The data of a result nobody listens to (a background job's WORK_COMPLETE, say) is
 //! thrown away by the server, and that of a final result with one client can go
@@ -24,28 +25,54 @@ pub struct ResultHead<'a> {
     pub head_len: usize,
 }
 
-/// The result packet whose head is at the front of `buf`, if `buf` starts with one
-/// and holds its header and whole handle. Whether the packet is complete is not
-/// checked: `buf` may hold any part of it past the handle.
-pub fn result_head(buf: &[u8]) -> Option<ResultHead<'_>> {
+/// The head of a request at the front of a buffer: its header and every argument
+/// before its last (the last is the data: a job's payload, a result, an echo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Which request it is.
+    pub command: Command,
+    /// Size of the whole packet, header included.
+    pub packet_len: usize,
+    /// Bytes up to the start of the last argument: the header and the arguments
+    /// before it, each with its NUL.
+    pub head_len: usize,
+}
+
+/// The request whose head is at the front of `buf`, if `buf` starts with a request
+/// that has arguments and holds all of them but the last. Whether the packet is
+/// complete is not checked: `buf` may hold any part of its last argument.
+pub fn request_head(buf: &[u8]) -> Option<RequestHead> {
     let header = buf.get(..HEADER_BYTES)?;
     let word = |i: usize| header.get(i..i.checked_add(4)?).and_then(|w| <[u8; 4]>::try_from(w).ok());
     if Magic::from_bytes(&word(0)?) != Some(Magic::Req) {
         return None;
     }
     let command = Command::from_code(u32::from_be_bytes(word(4)?))?;
-    if !command.carries_result_data() {
-        return None;
-    }
+    let leading = command.layout().argc.checked_sub(1)?;
     let size = usize::try_from(u32::from_be_bytes(word(8)?)).ok()?;
     let packet_len = HEADER_BYTES.checked_add(size)?;
     let body = buf.get(HEADER_BYTES..packet_len.min(buf.len()))?;
-    let nul = body.iter().position(|&b| b == 0)?;
+    let mut at = 0usize;
+    for _ in 0..leading {
+        let nul = body.get(at..)?.iter().position(|&b| b == 0)?;
+        at = at.checked_add(nul)?.checked_add(1)?;
+    }
+    Some(RequestHead { command, packet_len, head_len: HEADER_BYTES.checked_add(at)? })
+}
+
+/// The result packet whose head is at the front of `buf`, if `buf` starts with one
+/// and holds its header and whole handle. Whether the packet is complete is not
+/// checked: `buf` may hold any part of it past the handle.
+pub fn result_head(buf: &[u8]) -> Option<ResultHead<'_>> {
+    let RequestHead { command, packet_len, head_len } = request_head(buf)?;
+    if !command.carries_result_data() {
+        return None;
+    }
     Some(ResultHead {
         command,
-        handle: body.get(..nul)?,
+        handle: buf.get(HEADER_BYTES..head_len.checked_sub(1)?)?,
         packet_len,
-        head_len: HEADER_BYTES.checked_add(nul)?.checked_add(1)?,
+        head_len,
     })
 }
 
@@ -106,6 +133,30 @@ mod tests {
         let mut short = packet(Magic::Req, Command::WorkComplete, &[b"H:x:1"]);
         short.extend_from_slice(&packet(Magic::Req, Command::GrabJob, &[]));
         assert_eq!(result_head(&short), None);
+    }
+
+    #[test]
+    fn the_head_of_a_request_ends_where_its_last_argument_begins() {
+        let submit = packet(Magic::Req, Command::SubmitJobBg, &[b"fn", b"u1", &[7u8; 100]]);
+        let want = RequestHead {
+            command: Command::SubmitJobBg,
+            packet_len: submit.len(),
+            head_len: HEADER_BYTES + 6,
+        };
+        assert_eq!(request_head(&submit[..HEADER_BYTES + 6]), Some(want));
+        assert_eq!(request_head(&submit), Some(want));
+        // The unique's NUL has not arrived yet.
+        assert_eq!(request_head(&submit[..HEADER_BYTES + 5]), None);
+        let echo = packet(Magic::Req, Command::EchoReq, &[&[1u8; 50]]);
+        assert_eq!(
+            request_head(&echo[..HEADER_BYTES]),
+            Some(RequestHead { command: Command::EchoReq, packet_len: echo.len(), head_len: HEADER_BYTES })
+        );
+        let epoch = packet(Magic::Req, Command::SubmitJobEpoch, &[b"f", b"", b"1700000000", b"d"]);
+        assert_eq!(request_head(&epoch).map(|h| h.head_len), Some(HEADER_BYTES + 14));
+        // No arguments at all, or a response: no head.
+        assert_eq!(request_head(&packet(Magic::Req, Command::GrabJob, &[])), None);
+        assert_eq!(request_head(&packet(Magic::Res, Command::EchoRes, &[b"x"])), None);
     }
 
     proptest! {
