@@ -174,7 +174,7 @@ async fn connection(mut stream: TcpStream, counters: &Counters) -> Result<()> {
                 wbuf.clear();
                 skipper.echo(&stream, unread).await?;
             } else {
-                skipper.drop(&stream, unread).await?;
+                skipper.discard(&stream, unread).await?;
                 job_created(&counters.handles, &mut wbuf);
             }
             rbuf.clear();
@@ -253,7 +253,7 @@ mod unread {
 
     impl Skipper {
         /// Drops the next `n` bytes from `stream` without reading them.
-        pub(super) async fn drop(&mut self, stream: &TcpStream, mut n: usize) -> io::Result<()> {
+        pub(super) async fn discard(&mut self, stream: &TcpStream, mut n: usize) -> io::Result<()> {
             if self.scratch.is_empty() {
                 self.scratch = vec![0; super::READ_CHUNK];
             }
@@ -320,7 +320,7 @@ mod unread {
     pub(super) struct Skipper;
 
     impl Skipper {
-        pub(super) async fn drop(&mut self, _: &TcpStream, _: usize) -> io::Result<()> {
+        pub(super) async fn discard(&mut self, _: &TcpStream, _: usize) -> io::Result<()> {
             Err(io::ErrorKind::Unsupported.into())
         }
 
