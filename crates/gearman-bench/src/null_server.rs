@@ -170,7 +170,7 @@ async fn connection(mut stream: TcpStream, counters: &Counters) -> Result<()> {
             counters.unread.fetch_add(unread as u64, Relaxed);
             head_only = true;
         }
-        // After a skipped request its answer waits for the next read (see [`read_head`]).
+        // After a skipped submit its JOB_CREATED waits for the next read (see [`read_head`]).
         if !head_only && !wbuf.is_empty() {
             stream.write_all(&wbuf).await?;
             wbuf.clear();
