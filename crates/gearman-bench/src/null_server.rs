@@ -21,12 +21,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bytes::{BufMut, BytesMut};
-use gearman_proto::{decode, encode_parts, request_head, Command, Frame, Limits, Magic, Packet, RequestHead};
+use gearman_proto::{decode, encode_parts, request_head, Command, Frame, Limits, Magic, Packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Read buffer size per connection.
 const READ_CHUNK: usize = 256 * 1024;
+
+/// Whether a submit's data can be left unread here ([`discard`] is Linux only).
+const SKIPS_DATA: bool = cfg!(target_os = "linux");
 
 /// A background submit's data at least this large is not read.
 const SKIP_MIN_BYTES: usize = 16 * 1024;
@@ -141,7 +144,6 @@ async fn connection(mut stream: TcpStream, counters: &Counters) -> Result<()> {
     let limits = Limits::default();
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::with_capacity(64 * 1024);
-    let mut skipper = unread::Skipper::default();
     let mut head_only = false;
     loop {
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
@@ -162,11 +164,10 @@ async fn connection(mut stream: TcpStream, counters: &Counters) -> Result<()> {
             }
         }
         head_only = false;
-        if let Some(head) = skippable(&rbuf) {
-            let unread = head.packet_len - rbuf.len();
-            skipper.discard(&stream, unread).await?;
-            job_created(&counters.handles, &mut wbuf);
+        if let Some(unread) = skippable(&rbuf) {
             rbuf.clear();
+            discard(&stream, &mut rbuf, unread).await?;
+            job_created(&counters.handles, &mut wbuf);
             counters.unread.fetch_add(unread as u64, Relaxed);
             head_only = true;
         }
@@ -195,10 +196,10 @@ async fn read_head(
     (&mut *stream).take(HEAD_READ_BYTES as u64).read_buf(rbuf).await
 }
 
-/// The background submit at the front of `buf` (which holds nothing after it) if its
-/// data can be left unread: at least [`SKIP_MIN_BYTES`] of it is still to come.
-fn skippable(buf: &[u8]) -> Option<RequestHead> {
-    if !unread::SUPPORTED {
+/// The bytes still to come of the background submit at the front of `buf` (which
+/// holds nothing after it), if they can be left unread: at least [`SKIP_MIN_BYTES`].
+fn skippable(buf: &[u8]) -> Option<usize> {
+    if !SKIPS_DATA {
         return None;
     }
     let head = request_head(buf)?;
@@ -207,70 +208,36 @@ fn skippable(buf: &[u8]) -> Option<RequestHead> {
         Command::SubmitJobBg | Command::SubmitJobHighBg | Command::SubmitJobLowBg | Command::SubmitJobEpoch
     );
     let unread = head.packet_len.checked_sub(buf.len())?;
-    (answered && unread >= SKIP_MIN_BYTES).then_some(head)
+    (answered && unread >= SKIP_MIN_BYTES).then_some(unread)
 }
 
-/// Data left in the socket, and dropped there.
+/// Drops the next `n` bytes from `stream` without reading them: `recv` with
+/// `MSG_TRUNC` on a TCP socket discards instead of copying (Linux), as the server's
+/// reader does with results nobody wants. The call wants a buffer as long as what it
+/// drops but never writes it: `room`'s spare capacity serves, untouched.
 #[cfg(target_os = "linux")]
-mod unread {
-    use std::io;
-    use std::os::fd::AsRawFd;
-
-    use nix::sys::socket::{recv, MsgFlags};
-    use tokio::io::Interest;
-    use tokio::net::TcpStream;
-
-    /// Whether this system can skip data.
-    pub(super) const SUPPORTED: bool = true;
-
-    /// A connection's means to skip data: a scratch buffer that `MSG_TRUNC` never
-    /// writes (so its pages are never touched).
-    #[derive(Default)]
-    pub(super) struct Skipper {
-        scratch: Vec<u8>,
-    }
-
-    impl Skipper {
-        /// Drops the next `n` bytes from `stream` without reading them.
-        pub(super) async fn discard(&mut self, stream: &TcpStream, mut n: usize) -> io::Result<()> {
-            if self.scratch.is_empty() {
-                self.scratch = vec![0; super::READ_CHUNK];
-            }
-            while n > 0 {
-                let want = n.min(self.scratch.len());
-                let into = &mut self.scratch[..want];
-                let got = stream
-                    .async_io(Interest::READABLE, || Ok(recv(stream.as_raw_fd(), into, MsgFlags::MSG_TRUNC)?))
-                    .await?;
-                if got == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                n = n.saturating_sub(got);
-            }
-            Ok(())
+async fn discard(stream: &TcpStream, room: &mut BytesMut, mut n: usize) -> std::io::Result<()> {
+    room.reserve(READ_CHUNK);
+    while n > 0 {
+        let got = stream
+            .async_io(tokio::io::Interest::READABLE, || {
+                let spare = room.spare_capacity_mut();
+                let len = n.min(spare.len());
+                socket2::SockRef::from(stream).recv_with_flags(&mut spare[..len], nix::libc::MSG_TRUNC)
+            })
+            .await?;
+        if got == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
+        n = n.saturating_sub(got);
     }
+    Ok(())
 }
 
-/// Elsewhere every byte is read ([`skippable`] finds nothing to skip).
+/// Never called: elsewhere [`skippable`] finds nothing to skip.
 #[cfg(not(target_os = "linux"))]
-mod unread {
-    use std::io;
-
-    use tokio::net::TcpStream;
-
-    /// Whether this system can skip data.
-    pub(super) const SUPPORTED: bool = false;
-
-    /// Never used: nothing is skipped here.
-    #[derive(Default)]
-    pub(super) struct Skipper;
-
-    impl Skipper {
-        pub(super) async fn discard(&mut self, _: &TcpStream, _: usize) -> io::Result<()> {
-            Err(io::ErrorKind::Unsupported.into())
-        }
-    }
+async fn discard(_: &TcpStream, _: &mut BytesMut, _: usize) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 #[cfg(test)]
@@ -383,7 +350,7 @@ mod tests {
             }
         }
         let unread = counters.unread.load(Relaxed);
-        if unread::SUPPORTED {
+        if SKIPS_DATA {
             // Most of each large submit's data; the rest came in with its head.
             assert!(unread > 3 * big.len() as u64 / 2, "only {unread} bytes left unread");
         } else {
