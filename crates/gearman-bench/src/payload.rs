@@ -5,10 +5,14 @@
 //! Payloads of 8 bytes or more therefore name their job: a worker can tell which job
 //! it was handed, and a client can tell whether the data it got back is its own.
 
+use bytes::Bytes;
+
 /// The payload pattern of one run.
 #[derive(Debug, Clone)]
 pub(crate) struct Payload {
     base: Vec<u8>,
+    /// `base` after the id bytes: the part of every payload that is the same.
+    tail: Bytes,
 }
 
 /// Bytes of the job id embedded at the front of a payload.
@@ -26,8 +30,9 @@ impl Payload {
                 state ^= state >> 27;
                 (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
             })
-            .collect();
-        Payload { base }
+            .collect::<Vec<u8>>();
+        let tail = Bytes::copy_from_slice(&base[base.len().min(ID_BYTES)..]);
+        Payload { base, tail }
     }
 
     /// Payload length in bytes.
@@ -44,12 +49,19 @@ impl Payload {
         self.base.len().min(ID_BYTES)
     }
 
+    /// The payload of job `id` as its id bytes (an array, and how many of its bytes
+    /// count) and the tail every job shares, so that it is sent without being built.
+    pub(crate) fn parts(&self, id: u64) -> (([u8; ID_BYTES], usize), &Bytes) {
+        ((id.to_le_bytes(), self.prefix_len()), &self.tail)
+    }
+
     /// Writes the payload of job `id` into `out` (cleared first).
+    #[cfg(test)]
     pub(crate) fn fill(&self, id: u64, out: &mut Vec<u8>) {
+        let ((prefix, k), tail) = self.parts(id);
         out.clear();
-        out.extend_from_slice(&self.base);
-        let k = self.prefix_len();
-        out[..k].copy_from_slice(&id.to_le_bytes()[..k]);
+        out.extend_from_slice(&prefix[..k]);
+        out.extend_from_slice(tail);
     }
 
     /// Whether `data` is exactly the payload of job `id`.

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::server_cpu::Spent;
 use crate::stats::Summary;
 use crate::{Opts, Scenario, UniqueMode};
 
@@ -43,8 +44,8 @@ pub(crate) struct Report {
     pub(crate) idle_connections: usize,
     /// Jobs queued before the timed part, and the seconds that took.
     pub(crate) prefill: Option<(u64, f64)>,
-    /// CPU time the server spent in the timed part (with `--server-pid`).
-    pub(crate) server_cpu: Option<Duration>,
+    /// CPU time the server (with `--server-pid`) and the tool spent in the timed part.
+    pub(crate) cpu: Spent,
     /// What was checked.
     pub(crate) verified: String,
 }
@@ -78,7 +79,7 @@ impl Report {
             latency: None,
             idle_connections: opts.idle_connections,
             prefill: None,
-            server_cpu: None,
+            cpu: Spent::default(),
             verified: String::new(),
         }
     }
@@ -90,7 +91,16 @@ impl Report {
 
     /// Server CPU microseconds per operation, and the seconds in all.
     fn cpu_per_op(&self) -> Option<(f64, f64)> {
-        let secs = self.server_cpu?.as_secs_f64();
+        self.per_op(self.cpu.server?)
+    }
+
+    /// The tool's own CPU microseconds per operation, and the seconds in all.
+    fn tool_cpu_per_op(&self) -> Option<(f64, f64)> {
+        self.per_op(self.cpu.tool)
+    }
+
+    fn per_op(&self, spent: Duration) -> Option<(f64, f64)> {
+        let secs = spent.as_secs_f64();
         (self.ops > 0).then(|| (secs * 1e6 / self.ops as f64, secs))
     }
 
@@ -140,12 +150,15 @@ impl Report {
                 l.p50, l.p90, l.p99, l.max, l.mean
             );
         }
+        let unit = match self.unit {
+            "echoes" => "echo",
+            u => u.strip_suffix('s').unwrap_or(u),
+        };
         if let Some((us, secs)) = self.cpu_per_op() {
-            let unit = match self.unit {
-                "echoes" => "echo",
-                u => u.strip_suffix('s').unwrap_or(u),
-            };
             let _ = writeln!(s, "  server CPU in the timed part: {secs:.3} s = {us:.2} us per {unit}");
+        }
+        if let Some((us, secs)) = self.tool_cpu_per_op() {
+            let _ = writeln!(s, "  tool CPU in the timed part: {secs:.3} s = {us:.2} us per {unit}");
         }
         let _ = writeln!(s, "  verified: {}", self.verified);
         s
@@ -205,6 +218,9 @@ impl Report {
         }
         if let Some((us, secs)) = self.cpu_per_op() {
             let _ = write!(s, ",\"server_cpu_seconds\":{secs:.6},\"server_cpu_us_per_op\":{us:.3}");
+        }
+        if let Some((us, secs)) = self.tool_cpu_per_op() {
+            let _ = write!(s, ",\"tool_cpu_seconds\":{secs:.6},\"tool_cpu_us_per_op\":{us:.3}");
         }
         let _ = write!(s, ",\"verified\":{}}}", json_str(&self.verified));
         s

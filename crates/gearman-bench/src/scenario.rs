@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::conn::{packet, unexpected, Conn, Event};
 use crate::payload::{check_run_and_prefill, Payload, PREFILL_BASE};
 use crate::report::Report;
-use crate::server_cpu::Meter;
+use crate::server_cpu::{Meter, Spent};
 use crate::stats::{new_histogram, record, Summary};
 use crate::{admin, idle};
 use crate::{Opts, Scenario, UniqueMode};
@@ -160,14 +160,15 @@ impl Setup {
         }
     }
 
-    /// The job id a worker can recover from what it was assigned, if any.
-    fn id_from(&self, unique: &[u8], data: &[u8]) -> Option<u64> {
+    /// The job id a worker can recover from what it was assigned, if any, and whether
+    /// `data` is known to be that job's payload already (the id was read from it).
+    fn id_from(&self, unique: &[u8], data: &[u8]) -> Option<(u64, bool)> {
         if let Some(id) = self.payload.id_of(data) {
-            return Some(id);
+            return Some((id, true));
         }
         if self.unique == UniqueMode::PerJob {
             let rest = unique.strip_prefix(self.run_id.as_bytes())?.strip_prefix(b"-")?;
-            return std::str::from_utf8(rest).ok()?.parse().ok();
+            return Some((std::str::from_utf8(rest).ok()?.parse().ok()?, false));
         }
         None
     }
@@ -205,7 +206,6 @@ async fn client(mut conn: Conn, sh: Arc<ClientShared>) -> Result<ClientResult> {
     let mut exhausted = false;
     let mut done = 0u64;
     let mut hist = new_histogram();
-    let mut data = Vec::with_capacity(setup.payload.len());
     let mut unique = Vec::new();
     let mut frames = Vec::new();
     // One clock read per batch each way, not per packet: at 0 B two reads per submit
@@ -217,14 +217,15 @@ async fn client(mut conn: Conn, sh: Arc<ClientShared>) -> Result<ClientResult> {
         let batch = ids.end - ids.start;
         exhausted |= batch < room as u64;
         for id in ids.clone() {
-            setup.payload.fill(id, &mut data);
+            let ((prefix, k), tail) = setup.payload.parts(id);
+            let prefix = &prefix[..k];
             match sh.mode {
-                ClientMode::Echo => conn.push(Command::EchoReq, &[&data]),
+                ClientMode::Echo => conn.push_with_data(Command::EchoReq, &[], prefix, tail),
                 ClientMode::Fg | ClientMode::Bg => {
                     let cmd =
                         if sh.mode == ClientMode::Fg { Command::SubmitJob } else { Command::SubmitJobBg };
                     setup.write_unique(id, &mut unique);
-                    conn.push(cmd, &[setup.function_of(id), &unique, &data]);
+                    conn.push_with_data(cmd, &[setup.function_of(id), &unique], prefix, tail);
                 }
             }
         }
@@ -328,17 +329,17 @@ async fn worker(
                 Command::JobAssignUniq => {
                     let (handle, function, unique, data) = (p.arg(0), p.arg(1), p.arg(2), p.arg(3));
                     if recover {
-                        let Some(id) = setup.id_from(unique, data) else {
+                        let Some((id, checked)) = setup.id_from(unique, data) else {
                             bail!("worker got a job it cannot identify: {p:?}");
                         };
-                        if setup.function_of(id) != function || !setup.payload.check(id, data) {
+                        if setup.function_of(id) != function || !(checked || setup.payload.check(id, data)) {
                             bail!("worker got job {id} with wrong function or data: {p:?}");
                         }
                         res.ids.push(id);
                     } else if !setup.is_ours(function) || data.len() != setup.payload.len() {
                         bail!("worker got a job that is not ours: {p:?}");
                     }
-                    conn.push(Command::WorkComplete, &[handle, data]);
+                    conn.push_with_data(Command::WorkComplete, &[handle], &[], &p.arg_bytes(3));
                     conn.push(Command::GrabJobUniq, &[]);
                     res.jobs += 1;
                 }
@@ -543,7 +544,7 @@ async fn timed_drain(
     setup: &Arc<Setup>,
     progress: &Arc<Progress>,
     meter: Meter,
-) -> Result<(f64, Option<Duration>, Vec<WorkerResult>)> {
+) -> Result<(f64, Spent, Vec<WorkerResult>)> {
     let start = Instant::now();
     let mut workers = Workers::spawn_on(conns, setup, progress);
     let ((), spent) = meter.during(workers.until_stopped()).await?;
@@ -657,7 +658,7 @@ async fn measure(
             let conns = connect_all(addr, opts.clients).await?;
             let sh = client_shared(ClientMode::Echo);
             let ((done, hist, elapsed), cpu) = meter.during(run_clients(conns, sh.clone(), None)).await?;
-            report.server_cpu = cpu;
+            report.cpu = cpu;
             ensure!(done == sh.tickets.issued(), "{done} echoes answered, {} sent", sh.tickets.issued());
             report.unit = "echoes";
             report.ops = done;
@@ -672,7 +673,7 @@ async fn measure(
             let sh = client_shared(ClientMode::Fg);
             let ((done, hist, elapsed), cpu) =
                 meter.during(run_clients(conns, sh.clone(), Some(&mut workers))).await?;
-            report.server_cpu = cpu;
+            report.cpu = cpu;
             progress.finish();
             let issued = sh.tickets.issued();
             ensure!(done == issued, "{done} jobs completed, {issued} submitted");
@@ -694,7 +695,7 @@ async fn measure(
             let (drain_secs, drain_cpu, results) = timed_drain(conns, setup, &progress, meter).await?;
             report.ops = issued;
             report.seconds = drain_secs;
-            report.server_cpu = drain_cpu;
+            report.cpu = drain_cpu;
             report.verified = format!("already queued: {}", verify(setup, results, issued, 0).await?);
         }
         Scenario::BgSubmit | Scenario::Drain => {
@@ -710,7 +711,7 @@ async fn measure(
                 report.unit = "submits";
                 report.ops = done;
                 report.seconds = submit_secs;
-                report.server_cpu = submit_cpu;
+                report.cpu = submit_cpu;
                 report.verified = format!("{done} JOB_CREATED; jobs left queued (--no-drain)");
                 if opts.check_queued {
                     admin::check_queued(addr, &setup.functions, issued + same_prefill).await?;
@@ -729,12 +730,12 @@ async fn measure(
                 report.unit = "submits";
                 report.ops = done;
                 report.seconds = submit_secs;
-                report.server_cpu = submit_cpu;
+                report.cpu = submit_cpu;
                 report.verified = format!("drained afterwards in {drain_secs:.3} s (untimed); {v}");
             } else {
                 report.ops = issued;
                 report.seconds = drain_secs;
-                report.server_cpu = drain_cpu;
+                report.cpu = drain_cpu;
                 report.submit = Some((done, submit_secs));
                 report.verified = v;
             }
@@ -757,7 +758,7 @@ async fn measure(
                 })
                 .await?;
             let secs = progress.end().duration_since(start).as_secs_f64();
-            report.server_cpu = cpu;
+            report.cpu = cpu;
             let results = workers.join().await?;
             let v = verify(setup, results, issued, 0).await?;
             report.ops = issued;

@@ -1,7 +1,9 @@
-//! The server's CPU time over the timed part of a run, read from Linux's /proc.
+//! The CPU time the server and the tool itself spent over the timed part of a run:
+//! the server's read from Linux's /proc, the tool's from `getrusage`.
 //!
 //! Throughput on two shared cores is capped by the loopback and by the tool itself;
-//! the CPU a server spends per job is what it costs, whatever caps the rate.
+//! the CPU a server spends per job is what it costs, whatever caps the rate. The
+//! tool's own share says how much of the two cores was left to the server.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -92,7 +94,28 @@ fn clock_ticks_per_second() -> f64 {
     }
 }
 
-/// A [`ServerCpu`] when `--server-pid` was given, else a meter that reads nothing.
+/// CPU time spent over a part of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Spent {
+    /// The server's (with `--server-pid`).
+    pub(crate) server: Option<Duration>,
+    /// This process's, every thread: clients and workers alike.
+    pub(crate) tool: Duration,
+}
+
+/// User plus system CPU time of this process so far.
+fn own_cpu() -> Result<Duration> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let u = getrusage(UsageWho::RUSAGE_SELF).context("getrusage")?;
+    let us = |t: nix::sys::time::TimeVal| {
+        let us = i128::from(t.tv_sec()) * 1_000_000 + i128::from(t.tv_usec());
+        Duration::from_micros(u64::try_from(us).unwrap_or(0))
+    };
+    Ok(us(u.user_time()) + us(u.system_time()))
+}
+
+/// Reads the tool's own CPU time, and the server's through a [`ServerCpu`] when
+/// `--server-pid` was given.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Meter(Option<ServerCpu>);
 
@@ -102,18 +125,17 @@ impl Meter {
         Ok(Meter(pid.map(ServerCpu::new).transpose()?))
     }
 
-    /// Runs `part` and returns its output with the server's CPU time over it.
-    pub(crate) async fn during<T>(
-        &self,
-        part: impl Future<Output = Result<T>>,
-    ) -> Result<(T, Option<Duration>)> {
+    /// Runs `part` and returns its output with the CPU time spent over it.
+    pub(crate) async fn during<T>(&self, part: impl Future<Output = Result<T>>) -> Result<(T, Spent)> {
         let start = self.sample()?;
+        let tool_start = own_cpu()?;
         let out = part.await?;
-        let spent = match start {
+        let tool = own_cpu()?.saturating_sub(tool_start);
+        let server = match start {
             Some(start) => self.sample()?.map(|end| end.since(&start)),
             None => None,
         };
-        Ok((out, spent))
+        Ok((out, Spent { server, tool }))
     }
 
     fn sample(&self) -> Result<Option<Sample>> {
@@ -145,6 +167,19 @@ mod tests {
         let end = at(&[(1, 4_000)], 12);
         let want = Duration::from_secs_f64(2.0 / clock_ticks_per_second());
         assert_eq!(end.since(&start), want);
+    }
+
+    #[test]
+    fn own_cpu_counts_work_done() {
+        let start = own_cpu().unwrap();
+        let mut x = 0u64;
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_millis(30) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let spent = own_cpu().unwrap().saturating_sub(start);
+        assert!(spent >= Duration::from_millis(20), "{spent:?}");
     }
 
     #[test]

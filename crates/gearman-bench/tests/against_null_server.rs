@@ -57,11 +57,13 @@ fn number(json: &str, key: &str) -> f64 {
 }
 
 #[test]
-fn server_cpu_is_reported_per_operation() {
+fn server_and_tool_cpu_are_reported_per_operation() {
     let server = NullServer::start();
     for (args, jobs) in [
         (&["echo", "--clients", "2", "--window", "4", "--jobs", "20000"][..], 20_000.0),
         (&["bg-submit", "--no-drain", "--clients", "2", "--window", "16", "--jobs", "50000"], 50_000.0),
+        // Large data goes out by reference (vectored writes); every echo is still checked.
+        (&["echo", "--clients", "2", "--window", "4", "--payload", "65536", "--jobs", "2000"], 2_000.0),
     ] {
         let json = server.bench(args);
         assert!(json.starts_with("{\"ok\":true"), "{json}");
@@ -74,6 +76,12 @@ fn server_cpu_is_reported_per_operation() {
         assert!(secs > 0.0 && per_op > 0.0, "{json}");
         assert!((per_op - secs * 1e6 / ops).abs() <= 0.01 * per_op + 0.001, "{json}");
         assert!(secs <= number(&json, "seconds") * 8.0 + 0.05, "{json}");
+        // The tool reads and writes every packet too.
+        let tool_secs = number(&json, "tool_cpu_seconds");
+        let tool_per_op = number(&json, "tool_cpu_us_per_op");
+        assert!(tool_secs > 0.0 && tool_per_op > 0.0, "{json}");
+        assert!((tool_per_op - tool_secs * 1e6 / ops).abs() <= 0.01 * tool_per_op + 0.001, "{json}");
+        assert!(tool_secs <= number(&json, "seconds") * 8.0 + 0.05, "{json}");
     }
 }
 
