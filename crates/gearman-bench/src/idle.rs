@@ -19,6 +19,10 @@ const BATCH: usize = 16;
 
 const TOKEN: &[u8] = b"gearman-bench-idle";
 
+/// How long an idle connection's ECHO_RES may take before the run fails naming it,
+/// rather than hanging until the run's own timeout with nothing to show where.
+const ECHO_WAIT: Duration = Duration::from_secs(30);
+
 /// The ECHO_REQ an idle connection sends and the ECHO_RES it must get back.
 fn echo_bytes() -> (BytesMut, BytesMut) {
     let mut req = BytesMut::new();
@@ -52,9 +56,10 @@ async fn echo_all(conns: &mut [TcpStream], first: usize) -> Result<()> {
     }
     let mut buf = vec![0u8; res.len()];
     for (i, c) in conns.iter_mut().enumerate() {
-        c.read_exact(&mut buf)
-            .await
-            .with_context(|| format!("idle connection {} got no ECHO_RES", first + i))?;
+        match tokio::time::timeout(ECHO_WAIT, c.read_exact(&mut buf)).await {
+            Ok(r) => r.with_context(|| format!("idle connection {} got no ECHO_RES", first + i))?,
+            Err(_) => bail!("idle connection {} got no ECHO_RES within {} s", first + i, ECHO_WAIT.as_secs()),
+        };
         if buf[..] != res[..] {
             bail!("idle connection {} got {:?} instead of its ECHO_RES", first + i, buf);
         }
