@@ -204,9 +204,6 @@ impl Output {
             n -= front.len();
             self.queued.pop_front();
         }
-        while self.queued.front().is_some_and(Bytes::is_empty) {
-            self.queued.pop_front();
-        }
     }
 }
 

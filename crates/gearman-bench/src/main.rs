@@ -7,12 +7,12 @@
 
 mod admin;
 mod conn;
+mod cpu_time;
 mod idle;
 mod null_server;
 mod payload;
 mod report;
 mod scenario;
-mod server_cpu;
 mod stats;
 
 use std::process::ExitCode;

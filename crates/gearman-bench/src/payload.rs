@@ -10,20 +10,36 @@ use bytes::Bytes;
 /// The payload pattern of one run.
 #[derive(Debug, Clone)]
 pub(crate) struct Payload {
-    base: Vec<u8>,
-    /// `base` after the id bytes: the part of every payload that is the same.
+    /// Payload length in bytes.
+    len: usize,
+    /// The pattern after the id bytes: the part every job's payload shares, sent
+    /// from here as it is (see [`Payload::parts`]).
     tail: Bytes,
 }
 
 /// Bytes of the job id embedded at the front of a payload.
 const ID_BYTES: usize = 8;
 
+/// The id bytes at the front of one job's payload.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdBytes {
+    bytes: [u8; ID_BYTES],
+    len: usize,
+}
+
+impl std::ops::Deref for IdBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+}
+
 impl Payload {
     /// A pattern of `size` bytes derived from `seed`.
     pub(crate) fn new(size: usize, seed: u64) -> Payload {
         // xorshift64*: any fixed, cheap, non-trivial byte pattern will do.
         let mut state = seed | 1;
-        let base = (0..size)
+        let pattern = (0..size)
             .map(|_| {
                 state ^= state >> 12;
                 state ^= state << 25;
@@ -31,48 +47,48 @@ impl Payload {
                 (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
             })
             .collect::<Vec<u8>>();
-        let tail = Bytes::copy_from_slice(&base[base.len().min(ID_BYTES)..]);
-        Payload { base, tail }
+        let tail = Bytes::copy_from_slice(&pattern[size.min(ID_BYTES)..]);
+        Payload { len: size, tail }
     }
 
     /// Payload length in bytes.
     pub(crate) fn len(&self) -> usize {
-        self.base.len()
+        self.len
     }
 
     /// Whether payloads are long enough to carry the whole job id.
     pub(crate) fn carries_id(&self) -> bool {
-        self.base.len() >= ID_BYTES
+        self.len >= ID_BYTES
     }
 
     fn prefix_len(&self) -> usize {
-        self.base.len().min(ID_BYTES)
+        self.len.min(ID_BYTES)
     }
 
-    /// The payload of job `id` as its id bytes (an array, and how many of its bytes
-    /// count) and the tail every job shares, so that it is sent without being built.
-    pub(crate) fn parts(&self, id: u64) -> (([u8; ID_BYTES], usize), &Bytes) {
-        ((id.to_le_bytes(), self.prefix_len()), &self.tail)
+    /// The payload of job `id` in two parts, so that it is sent without being built:
+    /// its id bytes, then the tail every job shares.
+    pub(crate) fn parts(&self, id: u64) -> (IdBytes, &Bytes) {
+        (IdBytes { bytes: id.to_le_bytes(), len: self.prefix_len() }, &self.tail)
     }
 
     /// Writes the payload of job `id` into `out` (cleared first).
     #[cfg(test)]
     pub(crate) fn fill(&self, id: u64, out: &mut Vec<u8>) {
-        let ((prefix, k), tail) = self.parts(id);
+        let (prefix, tail) = self.parts(id);
         out.clear();
-        out.extend_from_slice(&prefix[..k]);
+        out.extend_from_slice(&prefix);
         out.extend_from_slice(tail);
     }
 
     /// Whether `data` is exactly the payload of job `id`.
     pub(crate) fn check(&self, id: u64, data: &[u8]) -> bool {
         let k = self.prefix_len();
-        data.len() == self.base.len() && data[..k] == id.to_le_bytes()[..k] && data[k..] == self.base[k..]
+        data.len() == self.len && data[..k] == id.to_le_bytes()[..k] && data[k..] == self.tail[..]
     }
 
     /// The job id a payload names, if payloads carry ids and `data` is well formed.
     pub(crate) fn id_of(&self, data: &[u8]) -> Option<u64> {
-        if !self.carries_id() || data.len() != self.base.len() {
+        if !self.carries_id() || data.len() != self.len {
             return None;
         }
         let mut id = [0u8; ID_BYTES];

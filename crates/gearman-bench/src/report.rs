@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::server_cpu::Spent;
+use crate::cpu_time::Spent;
 use crate::stats::Summary;
 use crate::{Opts, Scenario, UniqueMode};
 

@@ -16,9 +16,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::conn::{packet, unexpected, Conn, Event};
+use crate::cpu_time::{Meter, Spent};
 use crate::payload::{check_run_and_prefill, Payload, PREFILL_BASE};
 use crate::report::Report;
-use crate::server_cpu::{Meter, Spent};
 use crate::stats::{new_histogram, record, Summary};
 use crate::{admin, idle};
 use crate::{Opts, Scenario, UniqueMode};
@@ -217,15 +217,14 @@ async fn client(mut conn: Conn, sh: Arc<ClientShared>) -> Result<ClientResult> {
         let batch = ids.end - ids.start;
         exhausted |= batch < room as u64;
         for id in ids.clone() {
-            let ((prefix, k), tail) = setup.payload.parts(id);
-            let prefix = &prefix[..k];
+            let (prefix, tail) = setup.payload.parts(id);
             match sh.mode {
-                ClientMode::Echo => conn.push_with_data(Command::EchoReq, &[], prefix, tail),
+                ClientMode::Echo => conn.push_with_data(Command::EchoReq, &[], &prefix, tail),
                 ClientMode::Fg | ClientMode::Bg => {
                     let cmd =
                         if sh.mode == ClientMode::Fg { Command::SubmitJob } else { Command::SubmitJobBg };
                     setup.write_unique(id, &mut unique);
-                    conn.push_with_data(cmd, &[setup.function_of(id), &unique], prefix, tail);
+                    conn.push_with_data(cmd, &[setup.function_of(id), &unique], &prefix, tail);
                 }
             }
         }
