@@ -1,5 +1,5 @@
-//! The CPU time the server and the tool itself spent over the timed part of a run:
-//! the server's read from Linux's /proc, the tool's from `getrusage`.
+//! The CPU time the server and the tool itself spent over the timed part of a run,
+//! both read the same way from Linux's /proc.
 //!
 //! Throughput on two shared cores is capped by the loopback and by the tool itself;
 //! the CPU a server spends per job is what it costs, whatever caps the rate. The
@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 
 /// Reads the CPU time of one process (every thread) by its pid.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ServerCpu {
+pub(crate) struct ProcessCpu {
     pid: u32,
 }
 
@@ -27,11 +27,11 @@ pub(crate) struct Sample {
     ticks: u64,
 }
 
-impl ServerCpu {
+impl ProcessCpu {
     /// Watches `pid`; fails at once if its /proc entries cannot be read.
-    pub(crate) fn new(pid: u32) -> Result<ServerCpu> {
-        let cpu = ServerCpu { pid };
-        cpu.sample().with_context(|| format!("--server-pid {pid}: cannot read its CPU time from /proc"))?;
+    pub(crate) fn new(pid: u32) -> Result<ProcessCpu> {
+        let cpu = ProcessCpu { pid };
+        cpu.sample()?;
         Ok(cpu)
     }
 
@@ -99,48 +99,53 @@ fn clock_ticks_per_second() -> f64 {
 pub(crate) struct Spent {
     /// The server's (with `--server-pid`).
     pub(crate) server: Option<Duration>,
-    /// This process's, every thread: clients and workers alike.
-    pub(crate) tool: Duration,
+    /// This process's, every thread: clients and workers alike (where /proc is).
+    pub(crate) tool: Option<Duration>,
 }
 
-/// User plus system CPU time of this process so far.
-fn own_cpu() -> Result<Duration> {
-    use nix::sys::resource::{getrusage, UsageWho};
-    let u = getrusage(UsageWho::RUSAGE_SELF).context("getrusage")?;
-    let us = |t: nix::sys::time::TimeVal| {
-        let us = i128::from(t.tv_sec()) * 1_000_000 + i128::from(t.tv_usec());
-        Duration::from_micros(u64::try_from(us).unwrap_or(0))
-    };
-    Ok(us(u.user_time()) + us(u.system_time()))
-}
-
-/// Reads the tool's own CPU time, and the server's through a [`ServerCpu`] when
-/// `--server-pid` was given.
+/// Reads the tool's own CPU time, and the server's when `--server-pid` was given.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Meter(Option<ServerCpu>);
+pub(crate) struct Meter {
+    server: Option<ProcessCpu>,
+    tool: Option<ProcessCpu>,
+}
 
 impl Meter {
-    /// Watches `pid` if there is one.
+    /// Watches `pid` if there is one, and this process.
     pub(crate) fn new(pid: Option<u32>) -> Result<Meter> {
-        Ok(Meter(pid.map(ServerCpu::new).transpose()?))
+        let server = pid
+            .map(|p| {
+                ProcessCpu::new(p)
+                    .with_context(|| format!("--server-pid {p}: cannot read its CPU time from /proc"))
+            })
+            .transpose()?;
+        // Without a /proc of its own the tool just reports no CPU time of its own.
+        let tool = ProcessCpu::new(std::process::id()).ok();
+        Ok(Meter { server, tool })
     }
 
     /// Runs `part` and returns its output with the CPU time spent over it.
     pub(crate) async fn during<T>(&self, part: impl Future<Output = Result<T>>) -> Result<(T, Spent)> {
-        let start = self.sample()?;
-        let tool_start = own_cpu()?;
+        let server = sample(self.server, "server")?;
+        let tool = sample(self.tool, "tool")?;
         let out = part.await?;
-        let tool = own_cpu()?.saturating_sub(tool_start);
-        let server = match start {
-            Some(start) => self.sample()?.map(|end| end.since(&start)),
-            None => None,
-        };
-        Ok((out, Spent { server, tool }))
+        let spent =
+            Spent { server: since(self.server, server, "server")?, tool: since(self.tool, tool, "tool")? };
+        Ok((out, spent))
     }
+}
 
-    fn sample(&self) -> Result<Option<Sample>> {
-        self.0.map(|c| c.sample()).transpose().context("reading the server's CPU time")
-    }
+/// A reading of `cpu`, if there is one to read.
+fn sample(cpu: Option<ProcessCpu>, whose: &str) -> Result<Option<Sample>> {
+    cpu.map(|c| c.sample()).transpose().with_context(|| format!("reading the {whose}'s CPU time"))
+}
+
+/// The time `cpu` spent since `start`, if it is watched.
+fn since(cpu: Option<ProcessCpu>, start: Option<Sample>, whose: &str) -> Result<Option<Duration>> {
+    Ok(match start {
+        Some(start) => sample(cpu, whose)?.map(|end| end.since(&start)),
+        None => None,
+    })
 }
 
 #[cfg(test)]
@@ -170,21 +175,8 @@ mod tests {
     }
 
     #[test]
-    fn own_cpu_counts_work_done() {
-        let start = own_cpu().unwrap();
-        let mut x = 0u64;
-        let t = std::time::Instant::now();
-        while t.elapsed() < Duration::from_millis(30) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-        }
-        std::hint::black_box(x);
-        let spent = own_cpu().unwrap().saturating_sub(start);
-        assert!(spent >= Duration::from_millis(20), "{spent:?}");
-    }
-
-    #[test]
     fn this_process_uses_cpu() {
-        let cpu = ServerCpu::new(std::process::id()).expect("own /proc entry");
+        let cpu = ProcessCpu::new(std::process::id()).expect("own /proc entry");
         let start = cpu.sample().unwrap();
         let mut x = 0u64;
         let t = std::time::Instant::now();
@@ -194,6 +186,6 @@ mod tests {
         std::hint::black_box(x);
         let spent = cpu.sample().unwrap().since(&start);
         assert!(spent >= Duration::from_millis(20), "{spent:?}");
-        assert!(ServerCpu::new(u32::MAX).is_err());
+        assert!(ProcessCpu::new(u32::MAX).is_err());
     }
 }

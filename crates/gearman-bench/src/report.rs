@@ -96,7 +96,7 @@ impl Report {
 
     /// The tool's own CPU microseconds per operation, and the seconds in all.
     fn tool_cpu_per_op(&self) -> Option<(f64, f64)> {
-        self.per_op(self.cpu.tool)
+        self.per_op(self.cpu.tool?)
     }
 
     fn per_op(&self, spent: Duration) -> Option<(f64, f64)> {
