@@ -11,11 +11,9 @@ mod support;
 #[macro_use]
 mod wire;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
-use support::{req, Conn, Kind, Server};
+use support::{metric, req, Conn, Kind, Server};
 use wire::*;
 
 /// Large enough that most of a result is still to arrive when the server reads its head.
@@ -82,16 +80,6 @@ fn grab(w: &mut Conn) -> Vec<u8> {
 fn echo_after(w: &mut Conn, i: usize) {
     let text = format!("after result {i}");
     w.req(ECHO_REQ, &[&text]).want(ECHO_RES, &[&text]);
-}
-
-/// The value of counter `name` in ours' `/metrics`.
-fn metric(port: u16, name: &str) -> usize {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let value = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok());
-    value.unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 /// Asserts that ours dropped between `results * (RESULT_BYTES - READ_WITH_HEAD_BYTES)`

@@ -149,6 +149,16 @@ impl Drop for Server {
     }
 }
 
+/// The value of counter `name` in ours' `/metrics` on monitor port `port`.
+pub fn metric(port: u16, name: &str) -> usize {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let value = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok());
+    value.unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
 /// Encodes a request packet: `\0REQ`, type, length, args joined by NUL.
 pub fn req(command: u32, args: &[&[u8]]) -> Vec<u8> {
     packet(b"\0REQ", command, args)
