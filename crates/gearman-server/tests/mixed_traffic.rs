@@ -212,6 +212,30 @@ fn write_chunked(s: &mut TcpStream, bytes: &[u8], head: usize, rng: &mut Rng) ->
     }
 }
 
+/// The next packet among `wanted` on worker `index`'s connection, NOOPs skipped
+/// otherwise. `None` once the run stops, or when the connection fails or brings
+/// anything else (reported unless the run is stopping).
+fn next_of(w: &mut Reader, shared: &Shared, index: u64, wanted: &[u32]) -> Option<(u32, Vec<u8>)> {
+    loop {
+        let stopping = shared.stop.load(Ordering::Relaxed);
+        match w.next() {
+            Ok(Some(packet)) if wanted.contains(&packet.0) => return Some(packet),
+            Ok(Some((NOOP, _))) | Ok(None) if !stopping => {}
+            Ok(Some((NOOP, _))) | Ok(None) => return None,
+            Ok(Some((command, _))) => {
+                shared.fail(format!("worker {index}: packet {command} when waiting for {wanted:?}"));
+                return None;
+            }
+            Err(e) => {
+                if !stopping {
+                    shared.fail(format!("worker {index}: {e} when waiting for {wanted:?}"));
+                }
+                return None;
+            }
+        }
+    }
+}
+
 /// One worker slot: a worker that, when it dies, comes back as a new connection.
 fn worker(shared: &Shared, index: u64) {
     let mut rng = Rng(shared.seed ^ (index + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -227,45 +251,14 @@ fn worker(shared: &Shared, index: u64) {
                 return;
             }
             // The answer to GRAB_JOB; a NOOP from an earlier sleep may come first.
-            let assigned = loop {
-                match w.next() {
-                    Ok(Some((NOOP, _))) | Ok(None) if !shared.stop.load(Ordering::Relaxed) => continue,
-                    Ok(Some((JOB_ASSIGN, body))) => break Some(body),
-                    Ok(Some((NO_JOB, _))) => break None,
-                    Ok(None) | Ok(Some((NOOP, _))) => return,
-                    Ok(Some((command, _))) => {
-                        shared.fail(format!("worker {index}: packet {command} after GRAB_JOB"));
-                        return;
-                    }
-                    Err(e) => {
-                        if !shared.stop.load(Ordering::Relaxed) {
-                            shared.fail(format!("worker {index}: {e} after GRAB_JOB"));
-                        }
-                        return;
-                    }
-                }
-            };
-            let Some(body) = assigned else {
+            let Some((command, body)) = next_of(&mut w, shared, index, &[JOB_ASSIGN, NO_JOB]) else { return };
+            if command == NO_JOB {
                 let _ = w.send(&req(PRE_SLEEP, &[]));
-                loop {
-                    match w.next() {
-                        Ok(Some((NOOP, _))) => break,
-                        Ok(None) if !shared.stop.load(Ordering::Relaxed) => {}
-                        Ok(None) => return,
-                        Ok(Some((command, _))) => {
-                            shared.fail(format!("worker {index}: packet {command} while asleep"));
-                            return;
-                        }
-                        Err(e) => {
-                            if !shared.stop.load(Ordering::Relaxed) {
-                                shared.fail(format!("worker {index}: {e} while asleep"));
-                            }
-                            return;
-                        }
-                    }
+                if next_of(&mut w, shared, index, &[NOOP]).is_none() {
+                    return;
                 }
                 continue;
-            };
+            }
             let f = fields(&body, 3);
             let (handle, data) = (f[0], f.get(2).copied().unwrap_or_default());
             let Some(spec) = Spec::parse(data) else {
