@@ -486,14 +486,19 @@ fn mixed_traffic(kind: Kind, threads: &str) {
     }
     // Foreground jobs that two neighbouring clients submit under one unique key. They
     // end with one packet: a client that joins late misses the WORK_DATA before it.
+    // gearmand 1.1.20 hangs a client that joins a job whose only client left before
+    // it ran (docs/COMPATIBILITY.md, row 4; seen here once in CI), so against it the
+    // last client, the one that leaves, shares no job. Ours revives such a job, and
+    // shares them with every client.
+    let sharing = if kind == Kind::Real { CLIENTS - 1 } else { CLIENTS };
     let mut shared_ids = Vec::new();
-    for i in 0..CLIENTS {
+    for i in 0..sharing {
         for _ in 0..2 {
             let mode = [0, 2][below(&mut rng, 2)];
             let spec = new_spec(&mut rng, mode);
             let job = Job { spec, background: false, unique: format!("shared-{}", spec.id).into_bytes() };
             shared_ids.push(spec.id);
-            for list in [i, (i + 1) % CLIENTS] {
+            for list in [i, (i + 1) % sharing] {
                 let at = below(&mut rng, lists[list].len() + 1);
                 lists[list].insert(at, job.clone());
             }
@@ -511,7 +516,7 @@ fn mixed_traffic(kind: Kind, threads: &str) {
         .enumerate()
         .map(|(i, jobs)| {
             let shared = shared.clone();
-            // One at a time, pipelined, and one client that keeps leaving.
+            // One at a time, pipelined, and one client that keeps leaving: the last.
             let (window, leave_every) = [(1, 0), (4, 0), (16, 0), (2, 0), (3, 8)][i];
             std::thread::spawn(move || client(&shared, i as u64, jobs, window, leave_every))
         })
