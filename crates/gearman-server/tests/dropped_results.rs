@@ -13,7 +13,7 @@ mod wire;
 
 use std::time::Duration;
 
-use support::{metric, req, Conn, Kind, Server};
+use support::{metric, req, start_with_monitor, Conn, Kind};
 use wire::*;
 
 /// Large enough that most of a result is still to arrive when the server reads its head.
@@ -24,17 +24,6 @@ const READ_WITH_HEAD_BYTES: usize = 64 * 1024;
 
 /// What ours reads of a worker at a time once its latest result was large.
 const HEAD_READ_BYTES: usize = 4 * 1024;
-
-/// Ours with a monitor port (returned too), or the real gearmand.
-fn start(kind: Kind) -> Option<(Server, Option<u16>)> {
-    match kind {
-        Kind::Ours => {
-            let port = support::free_port();
-            Some((Server::start(kind, &["--monitor-port", &port.to_string()])?, Some(port)))
-        }
-        Kind::Real => Some((Server::start(kind, &[])?, None)),
-    }
-}
 
 /// Distinct bytes for each result, so a result cut or shifted anywhere shows.
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
@@ -103,7 +92,7 @@ fn assert_forwarded(monitor: Option<u16>, least: usize, most: usize) {
 }
 
 fn background_results_are_dropped_in_step(kind: Kind) {
-    let Some((s, monitor)) = start(kind) else { return };
+    let Some((s, monitor)) = start_with_monitor(kind, &[]) else { return };
     let (mut c, mut w, mut admin) = (s.connect(), s.connect(), s.connect());
     for i in 0..3 {
         c.submit(SUBMIT_JOB_BG, "f", "", &format!("job {i}"));
@@ -127,7 +116,7 @@ both!(
 );
 
 fn a_listened_result_arrives_whole(kind: Kind) {
-    let Some((s, monitor)) = start(kind) else { return };
+    let Some((s, monitor)) = start_with_monitor(kind, &[]) else { return };
     let (mut c, mut w) = (s.connect(), s.connect());
     w.can_do("f");
     let handle = c.submit(SUBMIT_JOB, "f", "", "fg");
@@ -146,7 +135,7 @@ both!(
 );
 
 fn results_of_a_job_whose_client_left_are_dropped(kind: Kind) {
-    let Some((s, monitor)) = start(kind) else { return };
+    let Some((s, monitor)) = start_with_monitor(kind, &[]) else { return };
     let (mut c, mut w, mut admin) = (s.connect(), s.connect(), s.connect());
     w.can_do("f");
     let handle = c.submit(SUBMIT_JOB, "f", "", "fg");
@@ -173,7 +162,7 @@ both!(
 /// job, as it would a moment later, once the result was in.
 #[test]
 fn ours_a_submit_while_a_result_is_dropped_starts_a_new_job() {
-    let Some((s, monitor)) = start(Kind::Ours) else { return };
+    let Some((s, monitor)) = start_with_monitor(Kind::Ours, &[]) else { return };
     let (mut c, mut w) = (s.connect(), s.connect());
     let bg = c.submit(SUBMIT_JOB_BG, "f", "same", "bg");
     w.can_do("f");
@@ -198,7 +187,7 @@ fn ours_a_submit_while_a_result_is_dropped_starts_a_new_job() {
 fn results_in_a_row_arrive_whole(kind: Kind) {
     const JOBS: usize = 5;
     const BYTES: usize = 100 * 1024;
-    let Some((s, monitor)) = start(kind) else { return };
+    let Some((s, monitor)) = start_with_monitor(kind, &[]) else { return };
     let (mut c, mut w) = (s.connect(), s.connect());
     w.can_do("f");
     for i in 0..JOBS {
@@ -219,7 +208,7 @@ both!(results_in_a_row_arrive_whole, ours_forwards_results_in_a_row, real_sends_
 /// A result two clients wait for (the second joined the first's job) reaches both
 /// whole: ours forwards a result's data through a pipe to one client only.
 fn a_result_two_clients_wait_for_reaches_both(kind: Kind) {
-    let Some((s, monitor)) = start(kind) else { return };
+    let Some((s, monitor)) = start_with_monitor(kind, &[]) else { return };
     let (mut c1, mut c2, mut w) = (s.connect(), s.connect(), s.connect());
     w.can_do("f");
     let handle = c1.submit(SUBMIT_JOB, "f", "same", "fg");
@@ -244,7 +233,7 @@ both!(
 /// stream stays in step. (gearmand's WORK_FAIL here carries a stray NUL, quirk Q1.)
 #[test]
 fn ours_an_exception_forwarded_to_a_client_without_exceptions_fails() {
-    let Some((s, monitor)) = start(Kind::Ours) else { return };
+    let Some((s, monitor)) = start_with_monitor(Kind::Ours, &[]) else { return };
     let (mut c, mut w) = (s.connect(), s.connect());
     w.can_do("f");
     let handle = c.submit(SUBMIT_JOB, "f", "", "fg");
@@ -262,7 +251,7 @@ fn ours_an_exception_forwarded_to_a_client_without_exceptions_fails() {
 /// only that result: the worker reads on in step, and the next job runs.
 #[test]
 fn ours_a_client_leaving_mid_forward_loses_only_its_result() {
-    let Some((s, monitor)) = start(Kind::Ours) else { return };
+    let Some((s, monitor)) = start_with_monitor(Kind::Ours, &[]) else { return };
     let (mut c, mut w, mut admin) = (s.connect(), s.connect(), s.connect());
     w.can_do("f");
     let handle = c.submit(SUBMIT_JOB, "f", "", "fg");

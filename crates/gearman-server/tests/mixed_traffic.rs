@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{metric, req, Kind, Server};
+use support::{metric, req, start_with_monitor, Kind};
 use wire::*;
 
 const FUNCTION: &[u8] = b"mixed";
@@ -441,12 +441,7 @@ fn ours_mixed_traffic_on_one_thread() {
 
 fn mixed_traffic(kind: Kind, threads: &str) {
     // Ours with a monitor port, to show that its shortcuts were taken.
-    let monitor = support::free_port();
-    let server = match kind {
-        Kind::Ours => Server::start(kind, &["-t", threads, "--monitor-port", &monitor.to_string()]),
-        Kind::Real => Server::start(kind, &["-t", threads]),
-    };
-    let Some(server) = server else { return };
+    let Some((server, monitor)) = start_with_monitor(kind, &["-t", threads]) else { return };
     let seed = std::env::var("GEARMAN_MIXED_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
     });
@@ -564,11 +559,11 @@ fn mixed_traffic(kind: Kind, threads: &str) {
     assert!(!abandoned.is_empty(), "the leaving client abandoned nothing");
     let deaths = shared.deaths.load(Ordering::Relaxed);
     assert!(deaths > 0, "no worker died halfway through a result");
-    if kind == Kind::Ours {
+    if let Some(port) = monitor {
         // Results nobody listened to were dropped unread, and results with one
         // listener passed through pipes: the paths this test is most about.
-        assert!(metric(monitor, "gearman_result_bytes_dropped_total") > 0, "no result data dropped unread");
-        assert!(metric(monitor, "gearman_result_bytes_forwarded_total") > 0, "no result data forwarded");
+        assert!(metric(port, "gearman_result_bytes_dropped_total") > 0, "no result data dropped unread");
+        assert!(metric(port, "gearman_result_bytes_forwarded_total") > 0, "no result data forwarded");
     }
     eprintln!(
         "{kind:?}: {} background and {} foreground jobs checked, {} abandoned, {} results written whole, \

@@ -149,6 +149,20 @@ impl Drop for Server {
     }
 }
 
+/// `kind` started with `args`, ours with a monitor port too (returned with it, for
+/// [`metric`]); `None` when the real gearmand is not installed.
+pub fn start_with_monitor(kind: Kind, args: &[&str]) -> Option<(Server, Option<u16>)> {
+    match kind {
+        Kind::Ours => {
+            let port = free_port();
+            let port_arg = port.to_string();
+            let args: Vec<&str> = args.iter().copied().chain(["--monitor-port", &port_arg]).collect();
+            Some((Server::start(kind, &args)?, Some(port)))
+        }
+        Kind::Real => Some((Server::start(kind, args)?, None)),
+    }
+}
+
 /// The value of counter `name` in ours' `/metrics` on monitor port `port`.
 pub fn metric(port: u16, name: &str) -> usize {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
