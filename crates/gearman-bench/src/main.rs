@@ -138,6 +138,10 @@ pub(crate) struct Opts {
     /// part, in all and per operation.
     #[arg(long)]
     pub(crate) server_pid: Option<u32>,
+    /// null-server only: read every background submit's data into memory and keep it
+    /// until its connection closes, as a server that queues what it acknowledged must.
+    #[arg(long)]
+    pub(crate) keep: bool,
 }
 
 impl Opts {
@@ -182,7 +186,7 @@ fn main() -> ExitCode {
         }
     };
     if opts.scenario == Scenario::NullServer {
-        let r = rt.block_on(null_server::serve(&opts.host, opts.port));
+        let r = rt.block_on(null_server::serve(&opts.host, opts.port, opts.keep));
         rt.shutdown_background();
         if let Err(e) = r {
             eprintln!("gearman-bench: null-server: {e:#}");
