@@ -144,12 +144,8 @@ struct Counters {
     kept: AtomicU64,
 }
 
-/// Serves connections accepted on `listener`, forever.
-#[cfg(test)]
-async fn serve_on(listener: TcpListener) -> Result<()> {
-    serve_counting(listener, Arc::default(), false).await
-}
-
+/// Serves connections accepted on `listener`, forever, counting into `counters` and
+/// keeping submitted data when `keep`.
 async fn serve_counting(listener: TcpListener, counters: Arc<Counters>, keep: bool) -> Result<()> {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -343,23 +339,36 @@ mod tests {
         assert_eq!(reply(&can_do, &counter).command, Command::Error);
     }
 
-    #[tokio::test]
-    async fn serves_pipelined_requests_and_refuses_admin_lines() {
+    /// A null server (keeping data if `keep`) on a free port, its counters and a
+    /// connection to it.
+    async fn started(keep: bool) -> (tokio::task::JoinHandle<Result<()>>, Arc<Counters>, crate::conn::Conn) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve_on(listener));
-        let mut conn = crate::conn::Conn::connect(addr).await.unwrap();
+        let counters = Arc::new(Counters::default());
+        let server = tokio::spawn(serve_counting(listener, counters.clone(), keep));
+        (server, counters, crate::conn::Conn::connect(addr).await.unwrap())
+    }
+
+    /// Sends what `conn` holds and reads until `n` replies are in.
+    async fn replies(conn: &mut crate::conn::Conn, n: usize) -> Vec<Frame> {
+        let mut got = Vec::new();
+        let mut frames = Vec::new();
+        while got.len() < n {
+            conn.exchange(&mut frames, None).await.unwrap();
+            got.append(&mut frames);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn serves_pipelined_requests_and_refuses_admin_lines() {
+        let (server, _, mut conn) = started(false).await;
         for _ in 0..3 {
             conn.push(Command::SubmitJobBg, &[b"f", b"", b"x"]);
         }
         conn.push(Command::EchoReq, &[b"hi"]);
         conn.push_raw(b"status\n");
-        let mut got = Vec::new();
-        let mut frames = Vec::new();
-        while got.len() < 5 {
-            conn.exchange(&mut frames, None).await.unwrap();
-            got.append(&mut frames);
-        }
+        let got = replies(&mut conn, 5).await;
         let handles: Vec<_> = got[..3]
             .iter()
             .map(|f| match f {
@@ -375,11 +384,7 @@ mod tests {
 
     #[tokio::test]
     async fn large_submits_are_answered_in_order_without_their_data_being_read() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let counters = Arc::new(Counters::default());
-        let server = tokio::spawn(serve_counting(listener, counters.clone(), false));
-        let mut conn = crate::conn::Conn::connect(addr).await.unwrap();
+        let (server, counters, mut conn) = started(false).await;
         // Larger than any read, so most of each is still to come when its head is in.
         let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let echo_big: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
@@ -390,12 +395,7 @@ mod tests {
             conn.push(Command::SubmitJobHighBg, &[b"f", b"u", b"small"]);
             conn.push(Command::EchoReq, &[format!("small {round}").as_bytes()]);
         }
-        let mut got = Vec::new();
-        let mut frames = Vec::new();
-        while got.len() < 12 {
-            conn.exchange(&mut frames, None).await.unwrap();
-            got.append(&mut frames);
-        }
+        let got = replies(&mut conn, 12).await;
         let mut handle = 0;
         for (i, f) in got.iter().enumerate() {
             let Frame::Packet(p) = f else { panic!("frame {i}: {f:?}") };
@@ -435,23 +435,14 @@ mod tests {
 
     #[tokio::test]
     async fn keeping_reads_and_holds_every_submit_until_the_connection_closes() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let counters = Arc::new(Counters::default());
-        let server = tokio::spawn(serve_counting(listener, counters.clone(), true));
-        let mut conn = crate::conn::Conn::connect(addr).await.unwrap();
+        let (server, counters, mut conn) = started(true).await;
         let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         for _ in 0..3 {
             conn.push(Command::SubmitJobBg, &[b"f", b"", &big]);
             conn.push(Command::SubmitJobEpoch, &[b"f", b"", b"0", b"epoch"]);
             conn.push(Command::EchoReq, &[b"not kept"]);
         }
-        let mut got = Vec::new();
-        let mut frames = Vec::new();
-        while got.len() < 9 {
-            conn.exchange(&mut frames, None).await.unwrap();
-            got.append(&mut frames);
-        }
+        let got = replies(&mut conn, 9).await;
         let created =
             got.iter().filter(|f| matches!(f, Frame::Packet(p) if p.command == Command::JobCreated));
         assert_eq!(created.count(), 6);
