@@ -51,16 +51,18 @@ const HEAD_READ_BYTES: usize = 4 * 1024;
 /// The answer to an admin line (gearmand's text for an unknown command).
 const ADMIN_REFUSAL: &[u8] = b"ERR UNKNOWN_COMMAND Unknown+server+command\n";
 
+/// The background submits the null server answers with JOB_CREATED (and `--keep` holds).
+fn is_background_submit(command: Command) -> bool {
+    matches!(
+        command,
+        Command::SubmitJobBg | Command::SubmitJobHighBg | Command::SubmitJobLowBg | Command::SubmitJobEpoch
+    )
+}
+
 /// Appends to `out` the null server's answer to `p`; `next_handle` numbers handles.
 pub(crate) fn answer(p: &Packet, next_handle: &AtomicU64, out: &mut BytesMut) {
     match (p.magic, p.command) {
-        (
-            Magic::Req,
-            Command::SubmitJobBg
-            | Command::SubmitJobHighBg
-            | Command::SubmitJobLowBg
-            | Command::SubmitJobEpoch,
-        ) => job_created(next_handle, out),
+        (Magic::Req, c) if is_background_submit(c) => job_created(next_handle, out),
         (Magic::Req, Command::EchoReq) => encode_parts(Magic::Res, Command::EchoRes, &[p.arg(0)], out),
         _ => encode_parts(
             Magic::Res,
@@ -109,15 +111,10 @@ fn itoa_handle(n: u64) -> Handle {
     Handle { buf, len: PREFIX.len() + d.len() }
 }
 
-/// The data of a background submit, which `--keep` holds.
+/// The data of a background submit (its last argument), which `--keep` holds.
 fn submitted_data(p: &Packet) -> Option<Bytes> {
-    match (p.magic, p.command) {
-        (Magic::Req, Command::SubmitJobBg | Command::SubmitJobHighBg | Command::SubmitJobLowBg) => {
-            Some(p.arg_bytes(2))
-        }
-        (Magic::Req, Command::SubmitJobEpoch) => Some(p.arg_bytes(3)),
-        _ => None,
-    }
+    let last = p.argc().checked_sub(1)?;
+    (p.magic == Magic::Req && is_background_submit(p.command)).then(|| p.arg_bytes(last))
 }
 
 /// Binds `host:port` and serves until the process is stopped, keeping submitted data
@@ -264,12 +261,8 @@ fn skippable(buf: &[u8]) -> Option<usize> {
         return None;
     }
     let head = request_head(buf)?;
-    let answered = matches!(
-        head.command,
-        Command::SubmitJobBg | Command::SubmitJobHighBg | Command::SubmitJobLowBg | Command::SubmitJobEpoch
-    );
     let unread = head.packet_len.checked_sub(buf.len())?;
-    (answered && unread >= SKIP_MIN_BYTES).then_some(unread)
+    (is_background_submit(head.command) && unread >= SKIP_MIN_BYTES).then_some(unread)
 }
 
 /// Drops the next `n` bytes from `stream` without reading them: `recv` with
